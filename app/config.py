@@ -1,0 +1,69 @@
+"""Service and pipeline settings, read from the environment with the ``DFSHIELD_`` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+XaiMethod = Literal["saliency", "guided_backprop", "input_x_gradient", "integrated_gradients"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseSettings):
+    """Every tunable of dfshield. Each field maps to ``DFSHIELD_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DFSHIELD_", env_file=".env", extra="ignore")
+
+    # --- runtime ---
+    environment: Literal["development", "production"] = "development"
+    device: DeviceName = "auto"
+    torch_threads: int = Field(0, ge=0, description="0 = torch default")
+    amp: bool = Field(True, description="autocast g/d forward on CUDA (never on CPU)")
+    models_dir: Path = REPO_ROOT / "models"
+    data_dir: Path = Path.home() / ".cache" / "dfshield"
+
+    # --- method ---
+    xai_method: XaiMethod = "saliency"
+    tau_fake: float = Field(0.5, ge=0.0, le=1.0)
+    tau_attacked: float = Field(0.5, ge=0.0, le=1.0)
+    max_faces: int = Field(4, ge=1)
+    min_face_size: int = Field(40, ge=10)
+    face_scale: float = Field(1.3, gt=1.0)
+    face_prob_min: float = Field(0.9, ge=0.0, le=1.0)
+
+    # --- input limits ---
+    max_upload_mb: float = Field(200.0, gt=0)
+    max_video_seconds: float = Field(600.0, gt=0)
+    max_frames: int = Field(32, ge=1, description="frames sampled evenly per video")
+    max_frames_cap: int = Field(256, ge=1, description="upper bound a client may ask for")
+    max_width: int = Field(4096, ge=16)
+    max_height: int = Field(4096, ge=16)
+    max_image_pixels: int = Field(40_000_000, ge=256)
+
+    # --- service ---
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = Field(16, ge=1)
+    max_wait_ms: float = Field(20.0, ge=0)
+    queue_max: int = Field(100, ge=1)
+    result_ttl_s: int = Field(86_400, ge=60)
+    visibility_timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    keep_media: bool = False
+    api_keys: str = Field("", description="comma list of key:role[+role]; empty = open")
+    rate_limit_per_min: int = Field(120, ge=0, description="per key; 0 = unlimited")
+    webhook_secret: str = "dev-webhook-secret"
+    webhook_allow_private: bool = False
+    heartbeat_ttl_s: float = Field(15.0, gt=0)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings built once per process (not at import, so tests can set env first)."""
+    return Settings()

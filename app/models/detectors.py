@@ -1,0 +1,1 @@
+"""Deepfake detector architectures (g). Filled in by the registry work."""

@@ -1,0 +1,81 @@
+"""timm-style registry: ``create_model(name)`` for detectors (g) and adversarial detectors (d).
+
+Each entry carries its preprocessing so that weights, serving and training agree on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+Role = Literal["detector", "adversarial"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a [0,1] RGB crop becomes the tensor the network sees."""
+
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: tuple[str, str] = ("real", "fake")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    role: Role
+    preprocess: Preprocess
+    build: Callable[..., nn.Module] = field(repr=False)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, role: Role, preprocess: Preprocess, description: str = ""
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a builder returning the *raw* network (normalised input → 2 logits)."""
+
+    def deco(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelSpec(name, role, preprocess, build, description)
+        return build
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the architecture modules runs their @register_model decorators.
+    from app.models import adversarial, detectors  # noqa: F401
+
+
+def get_spec(name: str) -> ModelSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown model {name!r}; registered models: {known}") from None
+
+
+def list_models(role: Role | None = None) -> list[str]:
+    _ensure_loaded()
+    return sorted(n for n, s in _REGISTRY.items() if role is None or s.role == role)
+
+
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a wrapped model (resize + normalise inside), random init, eval mode, on CPU."""
+    from app.models.wrappers import AdversarialDetector, Detector
+
+    spec = get_spec(name)
+    net = spec.build(**kwargs)
+    wrapper_cls = Detector if spec.role == "detector" else AdversarialDetector
+    return wrapper_cls(spec, net).eval()
