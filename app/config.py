@@ -29,8 +29,9 @@ class Settings(BaseSettings):
 
     # --- method ---
     xai_method: XaiMethod = "saliency"
-    tau_fake: float = Field(0.5, ge=0.0, le=1.0)
-    tau_attacked: float = Field(0.5, ge=0.0, le=1.0)
+    # None = use the thresholds the manifest chose on validation data (0.5 if it has none).
+    tau_fake: float | None = Field(None, ge=0.0, le=1.0)
+    tau_attacked: float | None = Field(None, ge=0.0, le=1.0)
     max_faces: int = Field(4, ge=1)
     min_face_size: int = Field(40, ge=10)
     face_scale: float = Field(1.3, gt=1.0)

@@ -10,7 +10,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available; use --device cpu")
+        raise RuntimeError(
+            "device 'cuda' requested but no CUDA device is available; use --device cpu"
+        )
     return torch.device(name)
 
 

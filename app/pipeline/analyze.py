@@ -1,0 +1,236 @@
+"""g → XAI → d on a batch of face crops, and assembly of per-frame / per-file results.
+
+``Analyzer.score_crops`` is the one batched model pass; the CLI and the service worker both
+use it (the worker feeds it crops collected across requests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from app.config import Settings
+from app.device import configure_threads, resolve_device
+from app.media import SampledFrame
+from app.models.store import ModelBundle, load_bundle, model_info
+from app.pipeline.explain import Explainer, map_to_image
+from app.pipeline.faces import DetectedFace
+from app.pipeline.verdicts import face_verdict, frame_verdict, summarize
+from app.schemas import (
+    AnalysisResult,
+    FacePublic,
+    FramePublic,
+    MediaInfo,
+    ModelInfo,
+    Thresholds,
+    Verdict,
+)
+
+UNTRAINED_WARNING = (
+    "models are UNTRAINED placeholders (random weights): scores and verdicts are meaningless"
+)
+
+
+@dataclass
+class FaceScore:
+    p_fake: float
+    p_attacked: float | None
+    verdict: Verdict
+    xai_map: np.ndarray | None  # uint8 HxWx3 map image, only for faces g called real
+
+
+def crops_to_tensor(crops: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """uint8 HxWx3 RGB crops (same size) → float [B,3,H,W] in [0,1]."""
+    shapes = {c.shape for c in crops}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[2] != 3:
+        raise ValueError(f"crops must share one HxWx3 shape, got {sorted(shapes)}")
+    arr = np.ascontiguousarray(np.stack(crops))
+    return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _add_time(timings: dict[str, float] | None, stage: str, t0: float) -> None:
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t0) * 1000.0
+
+
+def resolve_thresholds(bundle: ModelBundle, settings: Settings) -> Thresholds:
+    """Settings override the manifest's validated thresholds; 0.5 when neither sets one."""
+    tau_fake = settings.tau_fake
+    if tau_fake is None:
+        tau_fake = bundle.detector_entry.thresholds.get("tau_fake", 0.5)
+    tau_att = settings.tau_attacked
+    if tau_att is None:
+        tau_att = bundle.adversarial_entry.thresholds.get("tau_attacked", 0.5)
+    return Thresholds(tau_fake=tau_fake, tau_attacked=tau_att)
+
+
+class Analyzer:
+    """Holds g, d and one explainer per XAI method; scores batches of crops."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        device: torch.device,
+        thresholds: Thresholds,
+        xai_method: str = "saliency",
+        amp: bool = True,
+    ) -> None:
+        self.bundle = bundle
+        self.device = device
+        self.detector = bundle.detector.to(device).eval()
+        self.adversarial = bundle.adversarial.to(device).eval()
+        self.thresholds = thresholds
+        self.xai_method = xai_method
+        # Autocast only on CUDA: CPU bf16 autocast is slower and less accurate here.
+        self.amp = amp and device.type == "cuda"
+        self.models: list[ModelInfo] = [
+            model_info(bundle.detector_entry),
+            model_info(bundle.adversarial_entry),
+        ]
+        self.crop_size: int = self.detector.input_size
+        self._explainers: dict[str, Explainer] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, device: str | None = None) -> Analyzer:
+        configure_threads(settings.torch_threads)
+        dev = resolve_device(device or settings.device)
+        bundle = load_bundle(settings.models_dir, dev)
+        return cls(bundle, dev, resolve_thresholds(bundle, settings), settings.xai_method,
+                   settings.amp)
+
+    @property
+    def trained(self) -> bool:
+        return all(m.trained for m in self.models)
+
+    def explainer(self, method: str) -> Explainer:
+        if method not in self._explainers:
+            self._explainers[method] = Explainer(self.detector, method)
+        return self._explainers[method]
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def score_crops(
+        self,
+        crops: Sequence[np.ndarray],
+        methods: Sequence[str] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[FaceScore]:
+        """One batched pass: g on all crops, then XAI + d on the real-called ones (N in → N out).
+
+        ``methods`` gives each crop's XAI method (crops from different requests may differ).
+        """
+        if not crops:
+            return []
+        methods = list(methods) if methods is not None else [self.xai_method] * len(crops)
+        if len(methods) != len(crops):
+            raise ValueError(f"{len(crops)} crops but {len(methods)} XAI methods")
+        x = crops_to_tensor(crops, self.device)
+        t0 = time.perf_counter()
+        with self._autocast():
+            p_fake = self.detector.p_fake(x).float().cpu().numpy()
+        _add_time(timings, "detector", t0)
+        p_att: dict[int, float] = {}
+        maps: dict[int, np.ndarray] = {}
+        for method, idx in self._real_groups(p_fake, methods).items():
+            self._score_group(x, idx, method, p_att, maps, timings)
+        return [
+            FaceScore(
+                p_fake=float(p_fake[i]),
+                p_attacked=p_att.get(i),
+                verdict=face_verdict(float(p_fake[i]), p_att.get(i), self.thresholds),
+                xai_map=maps.get(i),
+            )
+            for i in range(len(crops))
+        ]
+
+    def _real_groups(self, p_fake: np.ndarray, methods: list[str]) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, p in enumerate(p_fake):
+            if p < self.thresholds.tau_fake:
+                groups[methods[i]].append(i)
+        return groups
+
+    def _score_group(
+        self,
+        x: torch.Tensor,
+        idx: list[int],
+        method: str,
+        p_att: dict[int, float],
+        maps: dict[int, np.ndarray],
+        timings: dict[str, float] | None,
+    ) -> None:
+        sub = x[idx]
+        t0 = time.perf_counter()
+        xai = self.explainer(method).maps(sub)  # fp32: gradients under autocast are noisier
+        _add_time(timings, "xai", t0)
+        t0 = time.perf_counter()
+        with self._autocast():
+            probs = self.adversarial.p_attacked(sub, xai).float().cpu().numpy()
+        _add_time(timings, "adversarial", t0)
+        for j, i in enumerate(idx):
+            p_att[i] = float(probs[j])
+            maps[i] = map_to_image(xai[j])
+
+
+def build_frame(
+    frame: SampledFrame,
+    faces: Sequence[DetectedFace],
+    scores: Sequence[FaceScore],
+) -> FramePublic:
+    """One sampled frame's public result; the frame verdict is its worst face."""
+    if len(faces) != len(scores):
+        raise ValueError(f"{len(faces)} faces but {len(scores)} scores")
+    public = [
+        FacePublic(
+            index=f.index,
+            box=[round(float(v), 2) for v in f.box],
+            crop_box=[int(v) for v in f.crop_box],
+            detection_prob=round(float(f.prob), 4),
+            landmarks=[[round(float(a), 2), round(float(b), 2)] for a, b in f.landmarks],
+            p_fake=s.p_fake,
+            p_attacked=s.p_attacked,
+            verdict=s.verdict,
+        )
+        for f, s in zip(faces, scores, strict=True)
+    ]
+    return FramePublic(
+        index=frame.index,
+        source_index=frame.source_index,
+        timestamp=round(frame.timestamp, 4),
+        verdict=frame_verdict([f.verdict for f in public]),
+        faces=public,
+    )
+
+
+def build_result(
+    info: MediaInfo,
+    frames: Sequence[FramePublic],
+    analyzer: Analyzer,
+    xai_method: str,
+    timings_ms: dict[str, float],
+    warnings: Sequence[str],
+) -> AnalysisResult:
+    """The full result; untrained placeholder weights are called out in ``warnings``."""
+    warns = list(warnings)
+    if not analyzer.trained:
+        warns.insert(0, UNTRAINED_WARNING)
+    return AnalysisResult(
+        summary=summarize(frames),
+        media=info,
+        frames=list(frames),
+        thresholds=analyzer.thresholds,
+        xai_method=xai_method,
+        models=analyzer.models,
+        timings_ms={k: round(v, 2) for k, v in timings_ms.items()},
+        warnings=warns,
+        device=str(analyzer.device),
+    )
