@@ -22,7 +22,8 @@ EXIT_BAD_INPUT = 2
 
 
 def _fail(code: str, message: str, exit_code: int) -> typer.Exit:
-    err_console.print(f"[red]error[/] [bold]{code}[/]: {message}")
+    # One unwrapped line, so scripts can grep the code.
+    err_console.print(f"[red]error[/] [bold]{code}[/]: {message}", soft_wrap=True)
     return typer.Exit(exit_code)
 
 
@@ -36,18 +37,22 @@ def analyze(
     threads: Annotated[int | None, typer.Option(min=0, help="torch CPU threads")] = None,
 ) -> None:
     """Analyse one file in-process and print per-frame verdicts."""
-    from app.media import MediaLimits
+    from app.media import MediaLimits, open_media
     from app.media.errors import MediaError
     from app.models.store import ModelStoreError
     from app.pipeline.analyze import Analyzer
     from app.pipeline.faces import FaceDetector
-    from app.pipeline.run import analyze_path
+    from app.pipeline.run import analyze_source
 
     settings = get_settings()
     if threads is not None:
         settings = settings.model_copy(update={"torch_threads": threads})
     if not path.is_file():
         raise _fail("not_found", f"no such file: {path}", EXIT_BAD_INPUT)
+    try:  # validate the input before paying for model loading
+        source = open_media(path, MediaLimits.from_settings(settings), max_frames)
+    except MediaError as exc:
+        raise _fail(exc.code, exc.message, EXIT_BAD_INPUT) from None
     try:
         analyzer = Analyzer.from_settings(settings, device)
     except (ModelStoreError, RuntimeError) as exc:
@@ -56,8 +61,8 @@ def analyze(
     try:
         with _progress() as bar:
             task = bar.add_task("analysing", total=None)
-            result = analyze_path(
-                path, analyzer, faces, MediaLimits.from_settings(settings), max_frames, xai,
+            result = analyze_source(
+                source, analyzer, faces, xai,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     except MediaError as exc:
@@ -89,29 +94,26 @@ def models_list(
     """List the models in the manifest, verifying each file's sha256."""
     from rich.table import Table
 
-    from app.models.store import ModelStoreError, load_manifest, sha256_file
+    from app.models.store import ModelStoreError, list_entries
 
     folder = models_dir or get_settings().models_dir
     try:
-        manifest = load_manifest(folder)
+        rows = [
+            {"name": r.entry.name, "role": r.entry.role, "architecture": r.entry.architecture,
+             "version": r.entry.version, "trained": r.entry.trained, "default": r.is_default,
+             "onnx": r.entry.onnx is not None, "sha256_ok": bool(r.sha_ok)}
+            for r in list_entries(folder, verify=True)
+        ]
     except ModelStoreError as exc:
         raise _fail("model_error", str(exc), 1) from None
-    rows = []
-    for m in manifest.models:
-        f = folder / m.file
-        ok = f.is_file() and sha256_file(f) == m.sha256
-        rows.append({"name": m.name, "role": m.role, "architecture": m.architecture,
-                     "version": m.version, "trained": m.trained, "file": m.file,
-                     "sha256_ok": ok, "default": manifest.default.get(m.role) == m.name})
     if as_json:
-        console.print_json(json.dumps(rows))
+        print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"models in {folder}")
-    for col in ("name", "role", "architecture", "version", "trained", "default", "sha256_ok"):
+    for col in rows[0] if rows else ["name"]:
         table.add_column(col)
     for r in rows:
-        table.add_row(*(str(r[c]) for c in ("name", "role", "architecture", "version",
-                                            "trained", "default", "sha256_ok")))
+        table.add_row(*(str(v) for v in r.values()))
     console.print(table)
 
 

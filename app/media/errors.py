@@ -44,3 +44,9 @@ class ResolutionTooLarge(MediaError):
 
 class FileTooLarge(MediaError):
     code, http_status = "file_too_large", 413
+
+
+class TooManyFrames(MediaError):
+    """A caller asked for more sampled frames than the configured cap allows."""
+
+    code, http_status = "too_many_frames", 422

@@ -18,7 +18,7 @@ import torch
 from app.config import Settings
 from app.device import configure_threads, resolve_device
 from app.media import SampledFrame
-from app.models.store import ModelBundle, load_bundle, model_info
+from app.models.store import ModelBundle, load_bundle
 from app.pipeline.explain import Explainer, map_to_image
 from app.pipeline.faces import DetectedFace
 from app.pipeline.verdicts import face_verdict, frame_verdict, summarize
@@ -60,14 +60,12 @@ def _add_time(timings: dict[str, float] | None, stage: str, t0: float) -> None:
 
 
 def resolve_thresholds(bundle: ModelBundle, settings: Settings) -> Thresholds:
-    """Settings override the manifest's validated thresholds; 0.5 when neither sets one."""
-    tau_fake = settings.tau_fake
-    if tau_fake is None:
-        tau_fake = bundle.detector_entry.thresholds.get("tau_fake", 0.5)
-    tau_att = settings.tau_attacked
-    if tau_att is None:
-        tau_att = bundle.adversarial_entry.thresholds.get("tau_attacked", 0.5)
-    return Thresholds(tau_fake=tau_fake, tau_attacked=tau_att)
+    """Settings override the thresholds the published models were calibrated with."""
+    th = bundle.thresholds()
+    return Thresholds(
+        tau_fake=th.tau_fake if settings.tau_fake is None else settings.tau_fake,
+        tau_attacked=th.tau_attacked if settings.tau_attacked is None else settings.tau_attacked,
+    )
 
 
 class Analyzer:
@@ -89,10 +87,7 @@ class Analyzer:
         self.xai_method = xai_method
         # Autocast only on CUDA: CPU bf16 autocast is slower and less accurate here.
         self.amp = amp and device.type == "cuda"
-        self.models: list[ModelInfo] = [
-            model_info(bundle.detector_entry),
-            model_info(bundle.adversarial_entry),
-        ]
+        self.models: list[ModelInfo] = bundle.model_infos()
         self.crop_size: int = self.detector.input_size
         self._explainers: dict[str, Explainer] = {}
 

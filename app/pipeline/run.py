@@ -10,7 +10,7 @@ from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
-from app.media import MediaLimits, SampledFrame, open_media
+from app.media import MediaLimits, MediaSource, SampledFrame, open_media
 from app.pipeline.analyze import Analyzer, build_frame, build_result
 from app.pipeline.faces import FaceDetector
 from app.schemas import AnalysisResult, FramePublic
@@ -49,14 +49,25 @@ def analyze_path(
     limits: MediaLimits,
     max_frames: int | None = None,
     xai_method: str | None = None,
-    chunk: int = 8,
     progress: Progress | None = None,
 ) -> AnalysisResult:
     """Analyse an image or video file end to end; raises ``MediaError`` on bad input."""
+    source = open_media(Path(path), limits, max_frames)
+    return analyze_source(source, analyzer, faces, xai_method, progress=progress)
+
+
+def analyze_source(
+    source: MediaSource,
+    analyzer: Analyzer,
+    faces: FaceDetector,
+    xai_method: str | None = None,
+    chunk: int = 8,
+    progress: Progress | None = None,
+) -> AnalysisResult:
+    """Analyse an opened media source (frames decode lazily, ``chunk`` at a time)."""
     method = xai_method or analyzer.xai_method
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    source = open_media(Path(path), limits, max_frames)
     total = len(source)
     frames: list[FramePublic] = []
     it = iter(source)
