@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     min_face_size: int = Field(40, ge=10)
     face_scale: float = Field(1.3, gt=1.0)
     face_prob_min: float = Field(0.9, ge=0.0, le=1.0)
+    face_detect_max_side: int = Field(1280, ge=64, description="frames shrunk for MTCNN only")
+    face_batch_size: int = Field(8, ge=1, description="same-size frames per MTCNN pass")
 
     # --- input limits ---
     max_upload_mb: float = Field(200.0, gt=0)
@@ -58,10 +60,18 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     keep_media: bool = False
     api_keys: str = Field("", description="comma list of key:role[+role]; empty = open")
+    auth_disabled: bool = Field(False, description="explicitly allow open mode in production")
     rate_limit_per_min: int = Field(120, ge=0, description="per key; 0 = unlimited")
     webhook_secret: str = "dev-webhook-secret"
     webhook_allow_private: bool = False
     heartbeat_ttl_s: float = Field(15.0, gt=0)
+    worker_concurrency: int = Field(2, ge=1, description="job threads per worker process")
+    worker_frame_chunk: int = Field(4, ge=1, description="frames per MTCNN pass in the worker")
+    worker_metrics_port: int = Field(0, ge=0, description="worker-only process; 0 = off")
+    queue_retry_after_s: int = Field(10, ge=1, description="Retry-After sent with queue_full")
+    sync_wait_max_s: float = Field(60.0, ge=0, description="cap on the analyze `wait` field")
+    log_level: str = "INFO"
+    log_json: bool = True
 
 
 @lru_cache
