@@ -1,4 +1,4 @@
-"""The ``dfshield`` command line: analyze | models | serve | api | worker."""
+"""The ``dfshield`` command line: analyze | models | train | serve | api | worker | bench."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.cli_train import train_app
 from app.config import DeviceName, XaiMethod, get_settings
 
 app = typer.Typer(help="dfshield: deepfake and adversarial-attack detection.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect the served model store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(train_app, name="train")
 console = Console()
 err_console = Console(stderr=True)
 
