@@ -1,0 +1,156 @@
+"""``POST /v1/analyze``: stream the upload to disk, validate it, enqueue, answer 202 (or 200)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import QueueDep, SettingsDep, StoreDep, SubmitPrincipal
+from app.api.errors import ApiError
+from app.api.metrics import JOBS
+from app.api.models import AnalysisAccepted, AnalysisWithFrames, AnalyzeForm, links_for
+from app.api.upload import SpooledUpload, spool_multipart
+from app.config import Settings
+from app.media import MediaLimits, probe_media
+from app.media.errors import EmptyFile, FileTooLarge, TooManyFrames
+from app.queue.streams import JobQueue
+from app.schemas import JobStatus, MediaInfo, Problem
+from app.store.results import TERMINAL, JobRecord, ResultStore, new_job_id
+
+router = APIRouter(tags=["analyses"])
+log = logging.getLogger(__name__)
+MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and small fields around the file
+POLL_S = 0.1
+
+_FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "video (mp4, mov, webm, mkv, avi) or image"},
+                "xai_method": {"type": "string", "enum": ["saliency", "guided_backprop",
+                                                          "input_x_gradient",
+                                                          "integrated_gradients"]},
+                "max_frames": {"type": "integer", "minimum": 1},
+                "callback_url": {"type": "string", "format": "uri"},
+                "wait": {"type": "number", "minimum": 0,
+                         "description": "seconds to wait for a synchronous 200"},
+            },
+        }}},
+    }
+}
+_ERRORS = {code: {"model": Problem, "content": {"application/problem+json": {}}}
+           for code in (400, 413, 415, 422, 503)}
+
+
+def _form(fields: dict[str, str], settings: Settings) -> AnalyzeForm:
+    try:
+        form = AnalyzeForm.model_validate({k: v for k, v in fields.items() if v != ""})
+    except ValidationError as e:
+        msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ApiError(422, "validation_error", msg) from None
+    if form.max_frames is not None and form.max_frames > settings.max_frames_cap:
+        raise TooManyFrames(f"max_frames={form.max_frames} is above the cap of "
+                            f"{settings.max_frames_cap}; ask for fewer frames")
+    return form
+
+
+def _check_capacity(queue: JobQueue, settings: Settings) -> None:
+    depth = queue.depth()
+    if depth >= settings.queue_max:
+        raise ApiError(
+            503, "queue_full",
+            f"{depth} analyses are queued or running (limit {settings.queue_max}); "
+            f"retry after {settings.queue_retry_after_s} s",
+            headers={"Retry-After": str(settings.queue_retry_after_s)},
+        )
+
+
+def _validate_media(up: SpooledUpload, form: AnalyzeForm, settings: Settings) -> MediaInfo:
+    if up.path is None:
+        raise ApiError(422, "validation_error", "missing the 'file' part (the media to analyse)")
+    if up.size == 0:
+        raise EmptyFile("the uploaded file is empty (0 bytes)")
+    limits = MediaLimits.from_settings(settings)
+    limits = replace(limits, max_frames=form.max_frames or limits.max_frames)
+    return probe_media(up.path, limits)  # sniffs from bytes, checks duration/resolution
+
+
+def _enqueue(store: ResultStore, queue: JobQueue, job: JobRecord) -> None:
+    store.create(job)
+    job.entry_id = queue.enqueue(job.id)
+    store.update(job.id, entry_id=job.entry_id)
+
+
+async def _wait_for(store: ResultStore, job_id: str, seconds: float) -> JobRecord | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = await run_in_threadpool(store.get, job_id)
+        if job is None or job.status in TERMINAL:
+            return job
+        await asyncio.sleep(POLL_S)
+    return None
+
+
+@router.post(
+    "/v1/analyze", status_code=202, response_model=AnalysisAccepted,
+    responses={200: {"model": AnalysisWithFrames, "description": "finished within `wait`"},
+               **_ERRORS},
+    openapi_extra=_FORM_SCHEMA,
+    summary="Submit a video or image for analysis",
+)
+async def analyze(
+    request: Request,
+    principal: SubmitPrincipal,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+) -> JSONResponse:
+    cap = int(settings.max_upload_mb * 1024 * 1024)
+    cap_text = f"{settings.max_upload_mb:g} MB"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > cap + MULTIPART_SLACK:  # refuse before reading
+        raise FileTooLarge(f"upload of {int(length)} bytes is larger than the {cap_text} limit")
+    await run_in_threadpool(_check_capacity, queue, settings)
+
+    job_id = new_job_id()
+    try:
+        up = await spool_multipart(request, store.media_dir(job_id), cap, cap_text)
+        form = _form(up.fields, settings)
+        info = await run_in_threadpool(_validate_media, up, form, settings)
+    except FileTooLarge as e:
+        store.remove_media(job_id)
+        # Answer now, unread body and all; closing tells the client to stop sending.
+        raise ApiError(413, e.code, e.message, headers={"Connection": "close"}) from None
+    except BaseException:
+        store.remove_media(job_id)
+        raise
+    assert up.path is not None
+    job = JobRecord(
+        id=job_id, xai_method=form.xai_method or settings.xai_method,
+        max_frames=form.max_frames, callback_url=str(form.callback_url or "") or None,
+        owner=principal.key_id, filename=up.filename, size_bytes=up.size,
+        media_path=str(up.path), media=info, frames_total=info.frames_sampled,
+    )
+    await run_in_threadpool(_enqueue, store, queue, job)
+    JOBS.labels(JobStatus.QUEUED.value).inc()
+    log.info("analysis accepted", extra={"job_id": job_id, "kind": info.kind,
+                                         "size_bytes": up.size, "owner": job.owner})
+
+    wait = min(form.wait, settings.sync_wait_max_s)
+    if wait > 0 and (done := await _wait_for(store, job_id, wait)) is not None:
+        result = await run_in_threadpool(store.get_result, job_id)
+        body = AnalysisWithFrames.build(done, result, frames=result.frames if result else [])
+        return JSONResponse(body.model_dump(mode="json"), status_code=200)
+    accepted = AnalysisAccepted(id=job_id, status=JobStatus.QUEUED, links=links_for(job_id))
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202,
+                        headers={"Location": accepted.links.analysis})

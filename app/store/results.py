@@ -1,0 +1,225 @@
+"""Job state and results in Redis, plus the spooled media on disk.
+
+Keys (every one carries the ``result_ttl_s`` TTL, refreshed on each write):
+
+    dfshield:job:<id>          hash   JobRecord fields (status, progress, options, error, ...)
+    dfshield:job:<id>:frames   hash   sampled-frame index -> FramePublic JSON (HSET: a frame
+                                      re-processed after a retry overwrites, never duplicates)
+    dfshield:job:<id>:png      hash   "<frame>/<face>/<kind>" -> PNG bytes (kind: crop, explanation)
+    dfshield:job:<id>:result   string AnalysisResult JSON, written once the job is done
+    dfshield:job:<id>:gone     string tombstone left by delete(), so a busy worker stops early
+
+Media: ``<data_dir>/media/<id>/source<ext>``, removed after processing unless ``keep_media``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import redis
+from pydantic import BaseModel, Field
+
+from app.schemas import AnalysisResult, FramePublic, JobStatus, MediaInfo
+
+PngKind = Literal["crop", "explanation"]
+TERMINAL = (JobStatus.DONE, JobStatus.FAILED)
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class JobRecord(BaseModel):
+    """What the job hash holds. Times are UNIX seconds."""
+
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    frames_done: int = 0
+    frames_total: int | None = None
+    attempts: int = 0
+    worker: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    last_error: str | None = None  # most recent failed attempt, kept for the final error
+    # request
+    xai_method: str
+    max_frames: int | None = None
+    callback_url: str | None = None
+    owner: str | None = None  # API key id of the submitter (auth plugs in here)
+    filename: str | None = None
+    size_bytes: int = 0
+    media_path: str
+    media: MediaInfo | None = None  # probe result at submit time
+    entry_id: str | None = None  # current stream entry
+
+    def to_hash(self) -> dict[str, str]:
+        out = {}
+        for k, v in self.model_dump(mode="json", exclude_none=True).items():
+            out[k] = json.dumps(v) if isinstance(v, dict | list) else str(v)
+        return out
+
+    @classmethod
+    def from_hash(cls, h: dict[bytes, bytes]) -> JobRecord:
+        d: dict[str, object] = {k.decode(): v.decode() for k, v in h.items()}
+        if "media" in d:
+            d["media"] = json.loads(str(d["media"]))
+        return cls.model_validate(d)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Ids are uuid4 hex; anything else is never a key (no key injection through the URL)."""
+    return bool(_ID_RE.match(job_id))
+
+
+def _key(job_id: str, part: str = "") -> str:
+    return f"dfshield:job:{job_id}" + (f":{part}" if part else "")
+
+
+def _png_field(frame: int, face: int, kind: PngKind) -> str:
+    return f"{frame}/{face}/{kind}"
+
+
+class ResultStore:
+    """All reads and writes of job state; shared by the API and the worker."""
+
+    def __init__(self, r: redis.Redis, ttl_s: int, data_dir: Path) -> None:
+        self.r = r
+        self.ttl_s = int(ttl_s)
+        self.media_root = Path(data_dir) / "media"
+
+    # ---- media spool ----
+    def media_dir(self, job_id: str) -> Path:
+        return self.media_root / job_id
+
+    def remove_media(self, job_id: str) -> None:
+        shutil.rmtree(self.media_dir(job_id), ignore_errors=True)
+
+    # ---- job hash ----
+    def create(self, job: JobRecord) -> None:
+        job.updated_at = time.time()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(_key(job.id, "gone"))
+        pipe.hset(_key(job.id), mapping=job.to_hash())
+        pipe.expire(_key(job.id), self.ttl_s)
+        pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        h = self.r.hgetall(_key(job_id))
+        return JobRecord.from_hash(h) if h else None
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.r.exists(_key(job_id)))
+
+    def update(self, job_id: str, **fields: object) -> None:
+        """Set fields on a live job (no-op when it was deleted: never resurrect a purged job)."""
+        if self.is_deleted(job_id):
+            return
+        mapping = {k: str(v) for k, v in fields.items() if v is not None}
+        mapping["updated_at"] = str(time.time())
+        unset = [k for k, v in fields.items() if v is None]
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(_key(job_id), mapping=mapping)
+        if unset:
+            pipe.hdel(_key(job_id), *unset)
+        pipe.expire(_key(job_id), self.ttl_s)
+        pipe.execute()
+
+    def begin_attempt(self, job_id: str, worker: str) -> int:
+        """Count one more attempt and mark the job running; returns the attempt number."""
+        attempts = int(self.r.hincrby(_key(job_id), "attempts", 1))
+        self.update(job_id, status=JobStatus.RUNNING, worker=worker, started_at=time.time())
+        return attempts
+
+    def undo_attempt(self, job_id: str) -> None:
+        """An attempt that ended through no fault of the job (worker shutdown) does not count."""
+        self.r.hincrby(_key(job_id), "attempts", -1)
+
+    def set_progress(self, job_id: str, frames_done: int, frames_total: int | None) -> None:
+        self.update(job_id, frames_done=frames_done, frames_total=frames_total)
+
+    def mark_retry(self, job_id: str, error: str, entry_id: str | None = None) -> None:
+        """Back to the queue after a failed attempt; the error is kept as ``last_error``."""
+        self.update(job_id, status=JobStatus.QUEUED, last_error=error, entry_id=entry_id,
+                    worker=None)
+
+    def mark_failed(self, job_id: str, code: str, message: str) -> None:
+        self.update(job_id, status=JobStatus.FAILED, error_code=code, error_message=message,
+                    finished_at=time.time())
+
+    def mark_done(self, job_id: str, result: AnalysisResult) -> None:
+        """Store the final result and flip the status in one transaction."""
+        if self.is_deleted(job_id):
+            return
+        now = str(time.time())
+        n = str(len(result.frames))
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(_key(job_id, "result"), result.model_dump_json(), ex=self.ttl_s)
+        pipe.hset(_key(job_id), mapping={"status": JobStatus.DONE.value, "finished_at": now,
+                                         "updated_at": now, "frames_done": n, "frames_total": n})
+        pipe.expire(_key(job_id), self.ttl_s)
+        pipe.execute()
+
+    # ---- frames and PNGs ----
+    def put_frames(
+        self,
+        job_id: str,
+        frames: list[FramePublic],
+        pngs: dict[tuple[int, int, PngKind], bytes] | None = None,
+        frames_total: int | None = None,
+    ) -> int:
+        """Write (overwrite) frames and their PNGs; returns how many distinct frames are stored."""
+        if self.is_deleted(job_id):
+            return 0
+        fk, pk = _key(job_id, "frames"), _key(job_id, "png")
+        pipe = self.r.pipeline(transaction=True)
+        if frames:
+            pipe.hset(fk, mapping={str(f.index): f.model_dump_json() for f in frames})
+        if pngs:
+            pipe.hset(pk, mapping={_png_field(i, k, kind): b for (i, k, kind), b in pngs.items()})
+            pipe.expire(pk, self.ttl_s)
+        pipe.expire(fk, self.ttl_s)
+        pipe.hlen(fk)
+        done = int(pipe.execute()[-1])
+        self.set_progress(job_id, done, frames_total)  # HLEN: idempotent across retries
+        return done
+
+    def get_frames(self, job_id: str) -> list[FramePublic]:
+        raw = self.r.hvals(_key(job_id, "frames"))
+        frames = [FramePublic.model_validate_json(v) for v in raw]
+        return sorted(frames, key=lambda f: f.index)
+
+    def get_png(self, job_id: str, frame: int, face: int, kind: PngKind) -> bytes | None:
+        return self.r.hget(_key(job_id, "png"), _png_field(frame, face, kind))
+
+    def get_result(self, job_id: str) -> AnalysisResult | None:
+        raw = self.r.get(_key(job_id, "result"))
+        return AnalysisResult.model_validate_json(raw) if raw else None
+
+    # ---- deletion ----
+    def delete(self, job_id: str) -> bool:
+        """Purge results, PNGs and media; a tombstone stops a busy worker. True if it existed."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(_key(job_id, "gone"), "1", ex=self.ttl_s)
+        pipe.delete(_key(job_id), _key(job_id, "frames"), _key(job_id, "png"),
+                    _key(job_id, "result"))
+        found = bool(pipe.execute()[1])
+        self.remove_media(job_id)
+        return found
+
+    def is_deleted(self, job_id: str) -> bool:
+        return bool(self.r.exists(_key(job_id, "gone")))
+
+    def keys_of(self, job_id: str) -> list[str]:
+        """Every Redis key a job may own (for tests and ops tooling)."""
+        return [_key(job_id, p) for p in ("", "frames", "png", "result", "gone")]

@@ -1,0 +1,156 @@
+"""One job, start to finish: decode → faces (this thread) → shared batcher → frames → result."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from itertools import islice
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.api.metrics import STAGE_SECONDS
+from app.config import Settings
+from app.media import MediaLimits, SampledFrame, open_media
+from app.pipeline.analyze import Analyzer, build_frame, build_result
+from app.pipeline.explain import map_to_heatmap
+from app.pipeline.faces import DetectedFace, FaceDetector
+from app.queue.batcher import Batcher
+from app.schemas import AnalysisResult, FramePublic
+from app.store.results import JobRecord, PngKind, ResultStore
+from app.worker.scoring import CropItem, ScoredCrop
+
+SCORE_TIMEOUT_S = 600.0  # a batcher that never answers is a bug: fail the attempt, don't hang
+
+
+class JobCancelled(Exception):
+    """The job was deleted while it ran."""
+
+
+class WorkerStopping(Exception):
+    """Shutdown asked for: give the job back to the queue without spending an attempt."""
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def face_url(job_id: str, frame: int, face: int, kind: PngKind) -> str:
+    """Root-relative link to a face image (the API route that serves it)."""
+    return f"/v1/analyses/{job_id}/frames/{frame}/faces/{face}/{kind}.png"
+
+
+class JobRunner:
+    """Runs jobs for one worker thread; its ``FaceDetector`` is that thread's own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ResultStore,
+        batcher: Batcher[CropItem, ScoredCrop],
+        analyzer: Analyzer,
+        faces: FaceDetector,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.batcher = batcher
+        self.analyzer = analyzer
+        self.faces = faces
+        self.limits = MediaLimits.from_settings(settings)
+
+    def run(self, job: JobRecord, stopping: threading.Event) -> AnalysisResult:
+        """Process ``job``; raises MediaError (bad input), JobCancelled or WorkerStopping."""
+        cancelled = _cancel_check(self.store, job.id)
+        limits = self.limits
+        if job.max_frames and job.max_frames > limits.max_frames_cap:  # settings changed since
+            limits = replace(limits, max_frames_cap=job.max_frames)
+        source = open_media(Path(job.media_path), limits, job.max_frames)
+        total = len(source)
+        self.store.set_progress(job.id, 0, total)
+        timings: dict[str, float] = defaultdict(float)
+        frames: list[FramePublic] = []
+        it = iter(source)
+        t_start = time.perf_counter()
+        while True:
+            if stopping.is_set():
+                raise WorkerStopping()
+            if cancelled():
+                raise JobCancelled()
+            t0 = time.perf_counter()
+            chunk = list(islice(it, self.settings.worker_frame_chunk))  # lazy decode happens here
+            _stage(timings, "decode", t0)
+            if not chunk:
+                break
+            frames.extend(self._chunk(job, chunk, total, timings, cancelled))
+        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        return build_result(source.info, frames, self.analyzer, job.xai_method, timings,
+                            source.warnings)
+
+    def _chunk(
+        self,
+        job: JobRecord,
+        chunk: list[SampledFrame],
+        total: int,
+        timings: dict[str, float],
+        cancelled: Callable[[], bool],
+    ) -> list[FramePublic]:
+        t0 = time.perf_counter()
+        detected = self.faces.detect([f.image for f in chunk])
+        _stage(timings, "faces", t0)
+        items = [CropItem(face.crop, job.xai_method) for per in detected for face in per]
+        futures: list[Future[ScoredCrop]] = self.batcher.submit_many(items, expired=cancelled)
+        scored = [f.result(timeout=SCORE_TIMEOUT_S) for f in futures]
+        for s in scored:
+            for stage, ms in s.cost_ms.items():
+                timings[stage] += ms
+        frames, pngs, k = [], {}, 0
+        for frame, per in zip(chunk, detected, strict=True):
+            mine = scored[k : k + len(per)]
+            k += len(per)
+            public = build_frame(frame, per, [s.score for s in mine])
+            pngs.update(self._images(job.id, public, per, mine))
+            frames.append(public)
+        self.store.put_frames(job.id, frames, pngs, total)
+        return frames
+
+    def _images(
+        self, job_id: str, frame: FramePublic, faces: list[DetectedFace], scored: list[ScoredCrop]
+    ) -> dict[tuple[int, int, PngKind], bytes]:
+        """crop.png for every face; explanation.png (heatmap over the crop) when XAI ran."""
+        out: dict[tuple[int, int, PngKind], bytes] = {}
+        for pub, face, s in zip(frame.faces, faces, scored, strict=True):
+            out[(frame.index, pub.index, "crop")] = encode_png(face.crop)
+            pub.crop_url = face_url(job_id, frame.index, pub.index, "crop")
+            if s.score.xai_map is not None:
+                heat = map_to_heatmap(s.score.xai_map, face.crop)
+                out[(frame.index, pub.index, "explanation")] = encode_png(heat)
+                pub.explanation_url = face_url(job_id, frame.index, pub.index, "explanation")
+        return out
+
+
+def _stage(timings: dict[str, float], stage: str, t0: float) -> None:
+    seconds = time.perf_counter() - t0
+    timings[stage] += seconds * 1000.0
+    STAGE_SECONDS.labels(stage).observe(seconds)
+
+
+def _cancel_check(store: ResultStore, job_id: str, every_s: float = 0.5) -> Callable[[], bool]:
+    """``store.is_deleted`` at most every ``every_s`` (it is asked per chunk and per batch)."""
+    state = {"t": 0.0, "gone": False}
+
+    def cancelled() -> bool:
+        now = time.monotonic()
+        if not state["gone"] and now - state["t"] >= every_s:
+            state["t"] = now
+            state["gone"] = store.is_deleted(job_id)
+        return bool(state["gone"])
+
+    return cancelled

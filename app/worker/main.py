@@ -1,0 +1,278 @@
+"""The worker process: N job threads + one model batcher + a heartbeat.
+
+Each job thread claims one job at a time (stale entries of dead workers first), decodes and
+runs MTCNN itself (CPU stages, parallel across jobs) and hands its face crops to the shared
+batcher, so crops of different concurrent jobs share one g → XAI → d batch.
+
+Failure policy: bad media → ``failed`` with its code, no retry. Any other exception → the job
+goes back to the queue (``last_error`` kept) until ``max_attempts`` starts, then ``failed``.
+A worker killed mid-job leaves its entry pending; another worker reclaims it after
+``visibility_timeout_s``. SIGTERM finishes the current frame chunk, then gives jobs back.
+
+Run alone with ``python -m app.worker.main`` (needs ``DFSHIELD_REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from app.api.metrics import JOB_SECONDS, JOBS, VERDICTS
+from app.config import Settings
+from app.logs import bind_job
+from app.media import MediaError
+from app.pipeline.analyze import Analyzer
+from app.pipeline.faces import FaceDetector
+from app.queue.batcher import Batcher, BatcherClosed, BatchExpired
+from app.queue.streams import Claimed, JobQueue
+from app.schemas import AnalysisResult, JobStatus
+from app.store.results import TERMINAL, JobRecord, ResultStore
+from app.worker import heartbeat
+from app.worker.job import JobCancelled, JobRunner, WorkerStopping
+from app.worker.scoring import CropItem, ScoredCrop, build_batcher
+
+log = logging.getLogger(__name__)
+JobHook = Callable[[JobRecord], None]
+CLAIM_BLOCK_MS = 500
+
+
+def on_job_finished(job: JobRecord) -> None:
+    """Default hook after a job reaches done/failed (webhook delivery plugs in here)."""
+
+
+class Worker:
+    """``Worker(settings, redis).start()``; ``stop()`` to end; ``run_forever()`` for a process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        r: redis.Redis,
+        *,
+        analyzer: Analyzer | None = None,
+        name: str | None = None,
+        on_finished: JobHook = on_job_finished,
+    ) -> None:
+        self.settings = settings
+        self.r = r
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.queue = JobQueue(r)
+        self.store = ResultStore(r, settings.result_ttl_s, settings.data_dir)
+        self.analyzer = analyzer
+        self.on_finished = on_finished
+        self.batcher: Batcher[CropItem, ScoredCrop] | None = None
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.boot_error: BaseException | None = None
+        self.started_at = time.time()
+        self._inflight: dict[str, str] = {}  # entry id -> job id
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def models_loaded(self) -> bool:
+        return self.ready.is_set()
+
+    # ---- lifecycle ----
+    def start(self, background: bool = False) -> Worker:
+        """Load models (unless given) and start the threads; ``background`` returns at once."""
+        if background:
+            t = threading.Thread(target=self._boot_logged, name="worker-boot", daemon=True)
+            t.start()
+        else:
+            self._boot()
+        return self
+
+    def _boot_logged(self) -> None:
+        try:
+            self._boot()
+        except BaseException as e:  # noqa: BLE001 - surfaced through /readyz and the log
+            self.boot_error = e
+            log.exception("worker failed to start")
+
+    def _boot(self) -> None:
+        self.queue.ensure_group()
+        if self.analyzer is None:
+            self.analyzer = Analyzer.from_settings(self.settings)
+        if self.stopping.is_set():  # stopped while the models were loading
+            return
+        self.batcher = build_batcher(self.analyzer, self.settings).start()
+        self._spawn(self._heartbeat_loop, "worker-heartbeat")
+        for i in range(self.settings.worker_concurrency):
+            self._spawn(self._job_loop, f"worker-job-{i}")
+        self.ready.set()
+        a = self.analyzer
+        log.info(
+            "worker ready",
+            extra={"worker": self.name, "device": str(a.device),
+                   "concurrency": self.settings.worker_concurrency,
+                   "models": [f"{m.name}@{m.version}{'' if m.trained else ' (UNTRAINED)'}"
+                              for m in a.models]},
+        )
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; jobs in progress go back to the queue at their next frame chunk."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0.1))
+        if self.batcher is not None:
+            self.batcher.stop()
+        with contextlib.suppress(redis.RedisError):
+            heartbeat.forget(self.r, self.name)
+        log.info("worker stopped", extra={"worker": self.name})
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM/SIGINT (main thread only)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        self.start()
+        while not self.stopping.wait(1.0):
+            pass
+        self.stop()
+
+    # ---- loops ----
+    def _heartbeat_loop(self) -> None:
+        interval = min(self.settings.heartbeat_ttl_s, self.settings.visibility_timeout_s) / 3
+        while True:
+            try:
+                with self._lock:
+                    inflight = list(self._inflight)
+                self.queue.touch(self.name, inflight)  # keep live jobs from being reclaimed
+                heartbeat.beat(self.r, self.name, self._info(len(inflight)),
+                               self.settings.heartbeat_ttl_s)
+            except Exception as e:  # noqa: BLE001 - never let the heartbeat thread die
+                log.warning("heartbeat failed: %s", e)
+            if self.stopping.wait(interval):
+                return
+
+    def _info(self, inflight: int) -> dict[str, object]:
+        a = self.analyzer
+        return {"pid": os.getpid(), "host": socket.gethostname(), "in_flight": inflight,
+                "concurrency": self.settings.worker_concurrency, "started_at": self.started_at,
+                "device": str(a.device) if a else None,
+                "models": [m.model_dump() for m in a.models] if a else []}
+
+    def _job_loop(self) -> None:
+        assert self.analyzer is not None and self.batcher is not None
+        faces = FaceDetector.from_settings(self.settings, self.analyzer.device,
+                                           self.analyzer.crop_size)
+        runner = JobRunner(self.settings, self.store, self.batcher, self.analyzer, faces)
+        min_idle_ms = int(self.settings.visibility_timeout_s * 1000)
+        while not self.stopping.is_set():
+            try:
+                claimed = self.queue.reclaim_stale(self.name, min_idle_ms) or self.queue.claim(
+                    self.name, count=1, block_ms=CLAIM_BLOCK_MS
+                )
+            except redis.RedisError as e:
+                log.warning("claim failed: %s", e)
+                self.stopping.wait(1.0)
+                continue
+            for c in claimed:
+                with bind_job(c.job_id):
+                    try:
+                        self._handle(c, runner)
+                    except Exception:  # noqa: BLE001 - e.g. Redis lost mid-bookkeeping
+                        # The entry stays pending and is reclaimed after the visibility timeout.
+                        log.exception("job bookkeeping failed; leaving it for reclaim")
+
+    # ---- one job ----
+    def _handle(self, c: Claimed, runner: JobRunner) -> None:
+        job = self.store.get(c.job_id)
+        if job is None or self.store.is_deleted(c.job_id) or job.status in TERMINAL:
+            self.queue.ack(c.entry_id)  # deleted, expired, or finished before a crash-ack
+            return
+        attempt = self.store.begin_attempt(job.id, self.name)
+        if attempt > self.settings.max_attempts:
+            cause = job.last_error or "the worker processing it stopped responding"
+            self._finish_failed(c, job, "attempts_exhausted",
+                                f"gave up after {attempt - 1} attempts; last error: {cause}")
+            return
+        log.info("job started", extra={"attempt": attempt, "reclaimed": c.reclaimed})
+        with self._lock:
+            self._inflight[c.entry_id] = job.id
+        t0 = time.perf_counter()
+        try:
+            result = runner.run(job, self.stopping)
+        except MediaError as e:
+            self._finish_failed(c, job, e.code, e.message)
+        except (JobCancelled, BatchExpired):
+            log.info("job deleted while running; dropped")
+            self.queue.ack(c.entry_id)
+        except (WorkerStopping, BatcherClosed):
+            self.store.undo_attempt(job.id)  # shutdown is not the job's fault
+            self._requeue(c, job, "worker stopped during processing")
+        except Exception as e:  # noqa: BLE001 - any other error: retry, never fail neighbours
+            log.exception("job attempt failed", extra={"attempt": attempt})
+            error = f"{type(e).__name__}: {e}"
+            if attempt >= self.settings.max_attempts:
+                self._finish_failed(c, job, "processing_error",
+                                    f"failed {attempt} times; last error: {error}")
+            else:
+                self._requeue(c, job, error)
+        else:
+            self._finish_done(c, job, result, time.perf_counter() - t0)
+        finally:
+            with self._lock:
+                self._inflight.pop(c.entry_id, None)
+
+    def _requeue(self, c: Claimed, job: JobRecord, error: str) -> None:
+        # Status first: once re-added, another thread may claim it and mark it running.
+        self.store.mark_retry(job.id, error)
+        entry = self.queue.requeue(c.entry_id, job.id)
+        self.store.update(job.id, entry_id=entry)
+        JOBS.labels("retried").inc()
+
+    def _finish_done(self, c: Claimed, job: JobRecord, result: AnalysisResult, secs: float) -> None:
+        self.store.mark_done(job.id, result)
+        self.queue.ack(c.entry_id)
+        JOBS.labels(JobStatus.DONE.value).inc()
+        JOB_SECONDS.observe(secs)
+        VERDICTS.labels("video", result.summary.verdict.value).inc()
+        for f in result.frames:
+            VERDICTS.labels("frame", f.verdict.value).inc()
+            for face in f.faces:
+                VERDICTS.labels("face", face.verdict.value).inc()
+        log.info("job done", extra={"verdict": result.summary.verdict.value,
+                                    "frames": len(result.frames), "seconds": round(secs, 3)})
+        self._after(job)
+
+    def _finish_failed(self, c: Claimed, job: JobRecord, code: str, message: str) -> None:
+        self.store.mark_failed(job.id, code, message)
+        self.queue.ack(c.entry_id)
+        JOBS.labels(JobStatus.FAILED.value).inc()
+        log.warning("job failed", extra={"code": code, "error": message})
+        self._after(job)
+
+    def _after(self, job: JobRecord) -> None:
+        if not self.settings.keep_media:
+            self.store.remove_media(job.id)
+        try:
+            self.on_finished(self.store.get(job.id) or job)
+        except Exception:  # noqa: BLE001 - a hook must not break the worker
+            log.exception("on_job_finished hook failed")
+
+
+def main() -> None:
+    """``python -m app.worker.main``: a worker-only process (see ``app.service.run_worker``)."""
+    from app.config import get_settings
+    from app.service import run_worker
+
+    run_worker(get_settings())
+
+
+if __name__ == "__main__":
+    main()
