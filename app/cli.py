@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.cli_service import register as register_service_commands
 from app.cli_train import train_app
 from app.config import DeviceName, XaiMethod, get_settings
 
@@ -17,6 +18,7 @@ app = typer.Typer(help="dfshield: deepfake and adversarial-attack detection.", n
 models_app = typer.Typer(help="Inspect the served model store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
+register_service_commands(app)
 console = Console()
 err_console = Console(stderr=True)
 

