@@ -19,6 +19,7 @@ import uvicorn
 from app.config import Settings
 from app.logs import configure_logging
 from app.redis_conn import RedisHandle, connect
+from app.webhooks import check_secret
 
 log = logging.getLogger("app.service")
 
@@ -56,12 +57,33 @@ def _banner(mode: str, settings: Settings, handle: RedisHandle, **more: object) 
     )
 
 
+def security_checks(settings: Settings, *, api: bool, worker: bool) -> None:
+    """Refuse insecure production settings before anything starts; warn about risky ones.
+
+    Raises ``AuthConfigError`` (bad ``DFSHIELD_API_KEYS``, or an open API in production) and
+    ``ValueError`` (development or short webhook secret in production). The open-mode warning
+    itself is logged by ``create_app``.
+    """
+    if api:
+        from app.api.auth import build_keyring
+
+        build_keyring(settings)
+    check_secret(settings)
+    if worker and settings.webhook_secret == Settings.model_fields["webhook_secret"].default:
+        log.warning("webhooks are signed with the development secret; set "
+                    "DFSHIELD_WEBHOOK_SECRET (production refuses to start without it)")
+    if settings.webhook_allow_private:
+        log.warning("DFSHIELD_WEBHOOK_ALLOW_PRIVATE=true: callback URLs may point at loopback, "
+                    "private and link-local addresses (SSRF risk); use only in development")
+
+
 def run_serve(settings: Settings) -> None:
     """API + in-process worker (+ embedded Redis when no ``redis_url``) until SIGINT/SIGTERM."""
     configure_logging(settings.log_level, settings.log_json)
     from app.api.main import create_app
     from app.worker.main import Worker
 
+    security_checks(settings, api=True, worker=True)
     handle = connect(settings, allow_embedded=True)
     worker = Worker(settings, handle.client)
     try:
@@ -81,6 +103,7 @@ def run_api(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_json)
     from app.api.main import create_app
 
+    security_checks(settings, api=True, worker=False)
     handle = connect(settings, allow_embedded=False)
     try:
         _banner("api", settings, handle)
@@ -94,6 +117,7 @@ def run_worker(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_json)
     from app.worker.main import Worker
 
+    security_checks(settings, api=False, worker=True)
     handle = connect(settings, allow_embedded=False)
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server

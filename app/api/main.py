@@ -15,14 +15,17 @@ from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import build_keyring, open_mode_warning
 from app.api.errors import install_error_handlers, internal_error
 from app.api.metrics import HTTP_REQUESTS, HTTP_SECONDS
-from app.api.routes import analyses, analyze, health
+from app.api.ratelimit import RateLimiter
+from app.api.routes import analyses, analyze, health, ui
 from app.config import Settings, get_settings
 from app.logs import request_id_var
 from app.queue.streams import JobQueue
 from app.redis_conn import client_from_url
 from app.store.results import ResultStore
+from app.webhooks import check_secret
 
 if TYPE_CHECKING:
     from app.worker.main import Worker
@@ -49,7 +52,11 @@ class RequestContextMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-ID"] = rid
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = rid
+                if quota := scope.get("state", {}).get("rate_limit"):  # set by deps.limit
+                    headers.setdefault("X-RateLimit-Limit", str(quota[0]))
+                    headers.setdefault("X-RateLimit-Remaining", str(quota[1]))
                 state["status"], state["started"] = message["status"], True
             await send(message)
 
@@ -82,8 +89,21 @@ def create_app(
     local_worker: Worker | None = None,
 ) -> FastAPI:
     """The API. ``redis_client`` defaults to ``settings.redis_url``; ``local_worker`` is the
-    in-process worker of ``dfshield serve`` (readiness then also waits for its models)."""
+    in-process worker of ``dfshield serve`` (readiness then also waits for its models).
+
+    Refuses (``AuthConfigError`` / ``ValueError``) bad key specs, an open API in production and
+    the development webhook secret in production. ``/healthz``, ``/readyz``, ``/metrics`` and
+    ``/docs`` are unauthenticated (probes and scrapers carry no key; keep ``/metrics`` on the
+    internal network); everything under ``/v1`` and ``/ui`` needs a key unless open.
+    """
     settings = settings or get_settings()
+    keyring = build_keyring(settings)
+    check_secret(settings)
+    if keyring.open:
+        log.warning(open_mode_warning())
+    else:
+        log.info("API keys required", extra={"api_keys": len(keyring),
+                                             "rate_limit_per_min": settings.rate_limit_per_min})
     if redis_client is None:
         if not settings.redis_url:
             raise RuntimeError("the API needs DFSHIELD_REDIS_URL (or use `dfshield serve`)")
@@ -108,10 +128,13 @@ def create_app(
     app.state.redis = client
     app.state.store = ResultStore(client, settings.result_ttl_s, settings.data_dir)
     app.state.queue = JobQueue(client)
+    app.state.keyring = keyring
+    app.state.rate_limiter = RateLimiter.from_settings(client, settings)
     app.state.local_worker = local_worker
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(analyze.router)
     app.include_router(analyses.router)
     app.include_router(health.router)
+    ui.install(app)
     return app

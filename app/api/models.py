@@ -64,6 +64,13 @@ def _dt(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
+class WebhookState(BaseModel):
+    status: str | None = Field(None, description="pending | delivered | failed")
+    attempts: int = 0
+    http_status: int | None = None
+    error: str | None = None
+
+
 class AnalysisPublic(BaseModel):
     """``GET /v1/analyses/{id}``: state, and the summary once done (frames are paged apart)."""
 
@@ -87,6 +94,7 @@ class AnalysisPublic(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     device: str | None = None
     error: JobError | None = None
+    webhook: WebhookState | None = Field(None, description="only when a callback_url was given")
     links: Links
 
     @classmethod
@@ -105,6 +113,9 @@ class AnalysisPublic(BaseModel):
             "filename": job.filename, "size_bytes": job.size_bytes,
             "callback_url": job.callback_url, "media": job.media, "error": error,
             "links": links_for(job.id),
+            "webhook": WebhookState(status=job.webhook_status, attempts=job.webhook_attempts,
+                                    http_status=job.webhook_http_status,
+                                    error=job.webhook_error) if job.callback_url else None,
         }
         if result is not None:  # the worker's view wins: actual frames sampled, models used
             fields.update(media=result.media, summary=result.summary,

@@ -8,12 +8,18 @@ Keys (every one carries the ``result_ttl_s`` TTL, refreshed on each write):
     dfshield:job:<id>:png      hash   "<frame>/<face>/<kind>" -> PNG bytes (kind: crop, explanation)
     dfshield:job:<id>:result   string AnalysisResult JSON, written once the job is done
     dfshield:job:<id>:gone     string tombstone left by delete(), so a busy worker stops early
+    dfshield:index             zset   job id by created_at: the recent-analyses index (/ui)
+    dfshield:index:owner:<k>   zset   the same, per owner key id (what a non-admin may list)
+
+The index zsets expire with the newest job and are pruned of entries older than the TTL on
+every write and read, so they never outlive the jobs they point to for long.
 
 Media: ``<data_dir>/media/<id>/source<ext>``, removed after processing unless ``keep_media``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -23,9 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 import redis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from app.schemas import AnalysisResult, FramePublic, JobStatus, MediaInfo
+from app.schemas import AnalysisResult, FramePublic, JobStatus, MediaInfo, Verdict
 
 PngKind = Literal["crop", "explanation"]
 TERMINAL = (JobStatus.DONE, JobStatus.FAILED)
@@ -58,6 +64,12 @@ class JobRecord(BaseModel):
     media_path: str
     media: MediaInfo | None = None  # probe result at submit time
     entry_id: str | None = None  # current stream entry
+    verdict: Verdict | None = None  # summary verdict, copied here at done (cheap listing)
+    # completion webhook (app.worker.webhook): pending | delivered | failed
+    webhook_status: str | None = None
+    webhook_attempts: int = 0
+    webhook_http_status: int | None = None
+    webhook_error: str | None = None
 
     def to_hash(self) -> dict[str, str]:
         out = {}
@@ -86,6 +98,13 @@ def _key(job_id: str, part: str = "") -> str:
     return f"dfshield:job:{job_id}" + (f":{part}" if part else "")
 
 
+INDEX_KEY = "dfshield:index"  # not "dfshield:jobs": that is the stream
+
+
+def _owner_index(owner: str) -> str:
+    return f"{INDEX_KEY}:owner:{owner}"
+
+
 def _png_field(frame: int, face: int, kind: PngKind) -> str:
     return f"{frame}/{face}/{kind}"
 
@@ -112,6 +131,11 @@ class ResultStore:
         pipe.delete(_key(job.id, "gone"))
         pipe.hset(_key(job.id), mapping=job.to_hash())
         pipe.expire(_key(job.id), self.ttl_s)
+        indexes = [INDEX_KEY] + ([_owner_index(job.owner)] if job.owner else [])
+        for index in indexes:
+            pipe.zadd(index, {job.id: job.created_at})
+            pipe.zremrangebyscore(index, "-inf", time.time() - self.ttl_s)
+            pipe.expire(index, self.ttl_s)
         pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -166,7 +190,8 @@ class ResultStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.set(_key(job_id, "result"), result.model_dump_json(), ex=self.ttl_s)
         pipe.hset(_key(job_id), mapping={"status": JobStatus.DONE.value, "finished_at": now,
-                                         "updated_at": now, "frames_done": n, "frames_total": n})
+                                         "updated_at": now, "frames_done": n, "frames_total": n,
+                                         "verdict": result.summary.verdict.value})
         pipe.expire(_key(job_id), self.ttl_s)
         pipe.execute()
 
@@ -206,14 +231,37 @@ class ResultStore:
         raw = self.r.get(_key(job_id, "result"))
         return AnalysisResult.model_validate_json(raw) if raw else None
 
+    # ---- recent analyses (index) ----
+    def recent(self, limit: int = 50, owner: str | None = None) -> list[JobRecord]:
+        """Newest first; ``owner`` restricts to one key's analyses. Expired ids are skipped."""
+        index = _owner_index(owner) if owner else INDEX_KEY
+        self.r.zremrangebyscore(index, "-inf", time.time() - self.ttl_s)
+        ids = [i.decode() for i in self.r.zrevrange(index, 0, max(limit, 1) - 1)]
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(_key(job_id))
+        jobs: list[JobRecord] = []
+        for h in pipe.execute():
+            if h:
+                with contextlib.suppress(ValidationError):  # a half-purged hash: not listed
+                    jobs.append(JobRecord.from_hash(h))
+        if len(jobs) < len(ids):  # purged by TTL before the index noticed: drop the ids
+            gone = set(ids) - {j.id for j in jobs}
+            self.r.zrem(index, *gone)
+        return jobs
+
     # ---- deletion ----
     def delete(self, job_id: str) -> bool:
         """Purge results, PNGs and media; a tombstone stops a busy worker. True if it existed."""
+        owner = self.r.hget(_key(job_id), "owner")
         pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(INDEX_KEY, job_id)
+        if owner:
+            pipe.zrem(_owner_index(owner.decode()), job_id)
         pipe.set(_key(job_id, "gone"), "1", ex=self.ttl_s)
         pipe.delete(_key(job_id), _key(job_id, "frames"), _key(job_id, "png"),
                     _key(job_id, "result"))
-        found = bool(pipe.execute()[1])
+        found = bool(pipe.execute()[-1])
         self.remove_media(job_id)
         return found
 

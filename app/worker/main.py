@@ -39,6 +39,7 @@ from app.store.results import TERMINAL, JobRecord, ResultStore
 from app.worker import heartbeat
 from app.worker.job import JobCancelled, JobRunner, WorkerStopping
 from app.worker.scoring import CropItem, ScoredCrop, build_batcher
+from app.worker.webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
 JobHook = Callable[[JobRecord], None]
@@ -46,7 +47,7 @@ CLAIM_BLOCK_MS = 500
 
 
 def on_job_finished(job: JobRecord) -> None:
-    """Default hook after a job reaches done/failed (webhook delivery plugs in here)."""
+    """Default extra hook after a job reaches done/failed (webhooks are always sent first)."""
 
 
 class Worker:
@@ -68,6 +69,7 @@ class Worker:
         self.store = ResultStore(r, settings.result_ttl_s, settings.data_dir)
         self.analyzer = analyzer
         self.on_finished = on_finished
+        self.webhooks = WebhookNotifier(settings, self.store)
         self.batcher: Batcher[CropItem, ScoredCrop] | None = None
         self.stopping = threading.Event()
         self.ready = threading.Event()
@@ -131,6 +133,7 @@ class Worker:
             t.join(max(deadline - time.monotonic(), 0.1))
         if self.batcher is not None:
             self.batcher.stop()
+        self.webhooks.stop()
         with contextlib.suppress(redis.RedisError):
             heartbeat.forget(self.r, self.name)
         log.info("worker stopped", extra={"worker": self.name})
@@ -260,10 +263,14 @@ class Worker:
     def _after(self, job: JobRecord) -> None:
         if not self.settings.keep_media:
             self.store.remove_media(job.id)
-        try:
-            self.on_finished(self.store.get(job.id) or job)
-        except Exception:  # noqa: BLE001 - a hook must not break the worker
-            log.exception("on_job_finished hook failed")
+        final = job
+        with contextlib.suppress(redis.RedisError):
+            final = self.store.get(job.id) or job
+        for hook in (self.webhooks, self.on_finished):  # the webhook only schedules: no wait
+            try:
+                hook(final)
+            except Exception:  # noqa: BLE001 - a hook must not break the worker
+                log.exception("job-finished hook failed")
 
 
 def main() -> None:

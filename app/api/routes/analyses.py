@@ -13,7 +13,9 @@ from app.schemas import FramePublic, JobStatus, Problem, Verdict
 from app.store.results import PngKind
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
-_404 = {404: {"model": Problem, "content": {"application/problem+json": {}}}}
+# 401 no/unknown key, 403 role missing, 404 absent or not the caller's, 429 rate limited.
+_404 = {code: {"model": Problem, "content": {"application/problem+json": {}}}
+        for code in (401, 403, 404, 429)}
 MAX_LIMIT = 500
 
 

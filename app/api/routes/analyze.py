@@ -23,6 +23,7 @@ from app.media.errors import EmptyFile, FileTooLarge, TooManyFrames
 from app.queue.streams import JobQueue
 from app.schemas import JobStatus, MediaInfo, Problem
 from app.store.results import TERMINAL, JobRecord, ResultStore, new_job_id
+from app.webhooks import WebhookRejected, validate_callback_url
 
 router = APIRouter(tags=["analyses"])
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ _FORM_SCHEMA = {
     }
 }
 _ERRORS = {code: {"model": Problem, "content": {"application/problem+json": {}}}
-           for code in (400, 413, 415, 422, 503)}
+           for code in (400, 401, 403, 413, 415, 422, 429, 503)}
 
 
 def _form(fields: dict[str, str], settings: Settings) -> AnalyzeForm:
@@ -62,6 +63,16 @@ def _form(fields: dict[str, str], settings: Settings) -> AnalyzeForm:
         raise TooManyFrames(f"max_frames={form.max_frames} is above the cap of "
                             f"{settings.max_frames_cap}; ask for fewer frames")
     return form
+
+
+def _callback(form: AnalyzeForm, settings: Settings) -> str | None:
+    """The callback URL if it may be called (public address unless allowed); DNS: blocking."""
+    if form.callback_url is None:
+        return None
+    try:
+        return validate_callback_url(str(form.callback_url), settings.webhook_allow_private)
+    except WebhookRejected as e:
+        raise ApiError(422, e.code, e.message) from None
 
 
 def _check_capacity(queue: JobQueue, settings: Settings) -> None:
@@ -126,6 +137,7 @@ async def analyze(
     try:
         up = await spool_multipart(request, store.media_dir(job_id), cap, cap_text)
         form = _form(up.fields, settings)
+        callback_url = await run_in_threadpool(_callback, form, settings)
         info = await run_in_threadpool(_validate_media, up, form, settings)
     except FileTooLarge as e:
         store.remove_media(job_id)
@@ -137,7 +149,7 @@ async def analyze(
     assert up.path is not None
     job = JobRecord(
         id=job_id, xai_method=form.xai_method or settings.xai_method,
-        max_frames=form.max_frames, callback_url=str(form.callback_url or "") or None,
+        max_frames=form.max_frames, callback_url=callback_url,
         owner=principal.key_id, filename=up.filename, size_bytes=up.size,
         media_path=str(up.path), media=info, frames_total=info.frames_sampled,
     )
