@@ -29,6 +29,22 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+@contextmanager
+def stage_progress(label: str) -> Iterator[Callable[[str, int, int | None], None]]:
+    """One rich bar per training stage; yields ``progress(stage, done, total)``."""
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn())
+    with Progress(*cols, console=console, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"{label}: {stage}", total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     console.print_json(json.dumps(summary, default=str))
 
@@ -76,4 +92,135 @@ def demo_data(
     with progress_bar("demo corpus") as cb:
         summary = build_demo(out, media_dir, seed=seed, crop_size=crop_size,
                              per_identity=per_identity, overwrite=overwrite, progress=cb)
+    _print_summary(summary)
+
+
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+
+
+@train_app.command()
+def detector(
+    data: Annotated[Path, typer.Argument(help="crop dataset (prepare / demo-data)")],
+    run_dir: Annotated[Path, typer.Argument(help="where checkpoints and the record go")],
+    arch: Annotated[str, typer.Option(help="registered detector")] = "resnet10t_df",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    patience: Annotated[int, typer.Option(min=1, help="early-stopping epochs")] = 3,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+) -> None:
+    """Train g; best checkpoint by full-validation AUC, tau_fake chosen on validation."""
+    from app.training.train_detector import train_detector
+
+    with stage_progress("detector") as cb:
+        record = train_detector(data, run_dir, arch=arch, epochs=epochs, batch_size=batch_size,
+                                lr=lr, patience=patience, seed=seed, device=device,
+                                resume=resume, progress=cb)
+    _print_summary(record)
+
+
+@train_app.command()
+def attack(
+    data: Annotated[Path, typer.Argument(help="crop dataset")],
+    detector_run: Annotated[Path, typer.Argument(help="run dir (or checkpoint) of g")],
+    out: Annotated[Path, typer.Argument(help="attacked crop set to write")],
+    attack_name: Annotated[str, typer.Option("--attack", help="pgd|fgsm|apgd|nes|square")] = "pgd",
+    limit: Annotated[int | None, typer.Option(help="fake crops per split at most")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Attack the fake crops g gets right; keep those g now calls real, plus clean reals."""
+    from app.training.attack_set import attack_set
+
+    with stage_progress(attack_name) as cb:
+        summary = attack_set(data, detector_run, out, attack=attack_name, limit=limit,
+                             batch_size=batch_size, seed=seed, device=device, progress=cb)
+    _print_summary(summary)
+
+
+@train_app.command()
+def adversarial(
+    attack_root: Annotated[Path, typer.Argument(help="attacked crop set (train attack)")],
+    run_dir: Annotated[Path, typer.Argument(help="where checkpoints and the record go")],
+    detector_run: Annotated[Path, typer.Option("--detector", help="run dir of g")],
+    arch: Annotated[str, typer.Option(help="registered adversarial detector")] = "detect_resnet10t",
+    xai: Annotated[str, typer.Option(help="XAI method for the maps")] = "saliency",
+    mode: Annotated[Literal["finetune", "frozen"], typer.Option()] = "finetune",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Train d on (crop, XAI map): clean reals vs PGD-attacked fakes g calls real."""
+    from app.training.train_adversarial import train_adversarial
+
+    with stage_progress(f"d ({xai}, {mode})") as cb:
+        record = train_adversarial(attack_root, run_dir, detector_run, arch=arch, xai=xai,
+                                   mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   seed=seed, device=device, resume=resume, progress=cb)
+    _print_summary(record)
+
+
+@train_app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="crop dataset (its test split is used)")],
+    detector_run: Annotated[Path, typer.Argument(help="run dir of g")],
+    adversarial_runs: Annotated[list[Path], typer.Argument(help="run dirs of d")],
+    out_dir: Annotated[Path, typer.Option(help="report folder")] = Path("reports/latest"),
+    transfer_detector: Annotated[Path | None, typer.Option(help="second g (Table 8)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="test crops per attack")] = 200,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Paper-style tables (Markdown + JSON + ROC PNGs) under OUT_DIR."""
+    from app.training.evaluate import evaluate as run_evaluate
+
+    with stage_progress("evaluate") as cb:
+        summary = run_evaluate(data, detector_run, adversarial_runs, out_dir=out_dir,
+                               transfer_detector_run=transfer_detector, limit=limit, seed=seed,
+                               device=device, progress=cb)
+    _print_summary(summary)
+
+
+@train_app.command()
+def publish(
+    detector_run: Annotated[Path, typer.Argument(help="run dir of g")],
+    adversarial_run: Annotated[Path, typer.Argument(help="run dir of d")],
+    models_dir: Annotated[Path, typer.Option(help="model store")] = REPO_ROOT / "models",
+    set_default: Annotated[bool, typer.Option(help="make them the served defaults")] = True,
+    onnx: Annotated[bool, typer.Option(help="export ONNX with a parity check")] = True,
+    report: Annotated[Path | None, typer.Option(help="evaluation report to cite")] = None,
+) -> None:
+    """Export safetensors + ONNX and add manifest entries (sha256, thresholds, metrics)."""
+    from app.training.publish import publish as run_publish
+
+    _print_summary(run_publish(detector_run, adversarial_run, models_dir=models_dir,
+                               set_default=set_default, onnx=onnx, report=report))
+
+
+@train_app.command("all")
+def train_all_cmd(
+    preset: Annotated[Literal["demo", "full"], typer.Option(help="demo: CPU corpus")] = "demo",
+    out_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<time>)")] = None,
+    source: Annotated[Path | None, typer.Option(help="dataset for the full preset")] = None,
+    data: Annotated[Path | None, typer.Option(help="an already prepared crop dataset")] = None,
+    models_dir: Annotated[Path, typer.Option(help="model store")] = REPO_ROOT / "models",
+    report_dir: Annotated[Path | None, typer.Option(help="report folder")] = None,
+    do_publish: Annotated[bool, typer.Option("--publish/--no-publish")] = True,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+) -> None:
+    """Data → g → PGD attack set → d → evaluation → publish, resumable stage by stage."""
+    from app.training.pipeline import train_all
+
+    with stage_progress(f"train all ({preset})") as cb:
+        summary = train_all(preset=preset, out_dir=out_dir, models_dir=models_dir,
+                            data_root=data, source=source, report_dir=report_dir, device=device,
+                            seed=seed, do_publish=do_publish, progress=cb)
     _print_summary(summary)

@@ -1,0 +1,335 @@
+"""Attacked-crop sets for d (``dfshield train attack``): the paper's two classes, as PNG crops.
+
+- "attacked" (label 1): FAKE crops g calls fake, attacked toward real, kept only if g calls the
+  *stored* crop real. Crops are stored as lossless PNG, i.e. rounded to uint8: rounding can undo
+  a perturbation that only just crossed the boundary, so every attacked crop is re-scored after
+  the round-trip and the ones that no longer fool g are dropped (and counted).
+- "clean" (label 0): REAL crops g calls real.
+
+Crops are resized to g's input size first: the service crops faces at that size, so attacks,
+XAI maps and d all see the exact tensors they see in serving. "g calls real" means
+``p_fake < tau_fake`` with the detector run's validated threshold, so the attacks aim for a
+logit margin of ``-logit(tau_fake) + margin_slack`` rather than only the argmax.
+Maps are not stored: train_adversarial computes them from these PNGs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.training.attacks import ATTACKS, run_attack
+from app.training.common import (
+    ProgressFn,
+    RunRecord,
+    atomic_write_text,
+    load_trained,
+    no_progress,
+    pick_device,
+    read_rgb,
+    resize_rgb,
+    seed_everything,
+    to_tensor,
+    to_uint8,
+    write_png,
+)
+from app.training.data import read_index
+
+INDEX_NAME = "index.jsonl"
+DATASET_NAME = "dataset.json"
+SPLITS = ("train", "val", "test")
+CHUNK = 512  # crops held in memory at once (full-size sets do not fit)
+# "Early stop once the target class wins clearly" (DESIGN §2): the attacks stop at a logit
+# margin of MARGIN_SLACK beyond tau_fake (p_fake ≈ 0.12 at tau 0.5), not at the bare boundary.
+# Measured on the demo corpus: d trained on boundary-only PGD (slack 0.05, ~2/255 L∞) missed
+# the 16/255 FGSM/APGD crops (AUC < 0.1); with slack 2 it caught them (and PGD at 97 %).
+MARGIN_SLACK = 2.0
+
+
+def kappa_for(tau_fake: float, slack: float = MARGIN_SLACK) -> float:
+    """Logit margin Z_real − Z_fake at which p_fake < tau_fake, plus a small slack."""
+    tau = min(max(tau_fake, 1e-6), 1 - 1e-6)
+    return max(0.0, -math.log(tau / (1 - tau))) + slack
+
+
+@torch.no_grad()
+def p_fake_of(g: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if len(x) == 0:
+        return torch.zeros(0)
+    dev = next(g.parameters()).device
+    return torch.cat([g(c.to(dev)).float().softmax(1)[:, 1].cpu() for c in x.split(batch_size)])
+
+
+@dataclass
+class AttackedBatch:
+    """Outcome of attacking crops: uint8 results and what survived the PNG round-trip."""
+
+    adv: list[np.ndarray]  # uint8 HxWx3 per input crop
+    success: np.ndarray  # the attack's own verdict on its float result (argmax / eq. 3 goal)
+    fooled_float: np.ndarray  # g calls the float result real (p_fake < tau)
+    fooled: np.ndarray  # g calls the uint8-rounded crop real (p_fake < tau): what counts
+    p_fake_after: np.ndarray
+    linf: np.ndarray  # of the uint8 crop vs the uint8 original, in [0,1] units
+    queries: np.ndarray | None
+    seconds: float
+
+    @classmethod
+    def cat(cls, parts: Sequence[AttackedBatch]) -> AttackedBatch:
+        parts = [p for p in parts if p.adv] or list(parts[:1])
+        if not parts:
+            return cls.empty(0.0)
+        queries = None
+        if all(p.queries is not None for p in parts):
+            queries = np.concatenate([p.queries for p in parts])  # type: ignore[misc]
+        return cls(
+            [a for p in parts for a in p.adv],
+            np.concatenate([p.success for p in parts]),
+            np.concatenate([p.fooled_float for p in parts]),
+            np.concatenate([p.fooled for p in parts]),
+            np.concatenate([p.p_fake_after for p in parts]),
+            np.concatenate([p.linf for p in parts]),
+            queries,
+            sum(p.seconds for p in parts),
+        )
+
+    @classmethod
+    def empty(cls, seconds: float) -> AttackedBatch:
+        no = np.zeros(0, bool)
+        return cls([], no, no, no, np.zeros(0), np.zeros(0), None, seconds)
+
+    def stats(self) -> dict[str, Any]:
+        n = len(self.adv)
+        kept = self.fooled
+        return {
+            "n_attacked": n,
+            "success_rate": float(self.success.mean()) if n else 0.0,
+            "fools_g_float": float(self.fooled_float.mean()) if n else 0.0,
+            "success_after_png": float(kept.mean()) if n else 0.0,
+            "lost_to_png": int((self.fooled_float & ~kept).sum()),
+            "mean_linf": float(self.linf[kept].mean()) if kept.any() else 0.0,
+            "max_linf": float(self.linf.max()) if n else 0.0,
+            "mean_queries": float(self.queries.mean()) if self.queries is not None and n else None,
+            "seconds_per_crop": self.seconds / max(n, 1),
+        }
+
+
+def attack_crops(
+    g: nn.Module,
+    crops: torch.Tensor,
+    attack: str,
+    tau_fake: float,
+    batch_size: int = 32,
+    seed: int = 0,
+    margin_slack: float = MARGIN_SLACK,
+    adversarial: nn.Module | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> AttackedBatch:
+    """Attack ``crops`` ([N,3,S,S] in [0,1], exact uint8 values) on g; judge the uint8 result."""
+    progress = progress or no_progress
+    dev = next(g.parameters()).device
+    kw = _attack_kwargs(attack, tau_fake, seed, margin_slack, adversarial, overrides)
+    t0 = time.perf_counter()
+    parts, done = [], 0
+    for chunk in crops.split(batch_size) if len(crops) else ():
+        res = run_attack(attack, g, chunk.to(dev), **kw)
+        p_float = p_fake_of(g, res.x_adv, batch_size)
+        parts.append((to_uint8_batch(res.x_adv), res.success.cpu(), p_float, res.queries))
+        done += len(chunk)
+        progress(f"attack {attack}", done, len(crops))
+    seconds = time.perf_counter() - t0
+    adv = [a for p in parts for a in p[0]]
+    if not adv:
+        return AttackedBatch.empty(seconds)
+    adv_t = torch.stack([to_tensor(a) for a in adv])
+    p_after = p_fake_of(g, adv_t, batch_size).numpy()
+    linf = (adv_t - crops.cpu()).abs().flatten(1).amax(1).numpy()
+    queries = None
+    if all(p[3] is not None for p in parts):
+        queries = torch.cat([p[3].cpu() for p in parts]).numpy()
+    p_float = torch.cat([p[2] for p in parts]).numpy()
+    return AttackedBatch(adv, torch.cat([p[1] for p in parts]).numpy().astype(bool),
+                         p_float < tau_fake, p_after < tau_fake, p_after, linf, queries, seconds)
+
+
+def to_uint8_batch(x: torch.Tensor) -> list[np.ndarray]:
+    return [to_uint8(xi) for xi in x.cpu()]
+
+
+def _attack_kwargs(
+    attack: str,
+    tau_fake: float,
+    seed: int,
+    margin_slack: float,
+    adversarial: nn.Module | None,
+    overrides: dict[str, Any] | None,
+) -> dict[str, Any]:
+    if attack not in ATTACKS:
+        raise KeyError(f"unknown attack {attack!r}; available: {', '.join(ATTACKS)}")
+    params = inspect.signature(ATTACKS[attack]).parameters
+    kw: dict[str, Any] = {}
+    if "kappa" in params:
+        kw["kappa"] = kappa_for(tau_fake, margin_slack)
+    if "seed" in params:
+        kw["seed"] = seed
+    if "detector" in params and adversarial is not None:
+        kw["detector"] = adversarial
+    kw.update(overrides or {})
+    return kw
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of an ``index.jsonl`` (attack sets are read with this, not the crop-dataset reader)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_crops(root: Path, records: Sequence[dict[str, Any]], size: int) -> torch.Tensor:
+    if not records:
+        return torch.zeros(0, 3, size, size)
+    return torch.stack([to_tensor(resize_rgb(read_rgb(root / r["path"]), size)) for r in records])
+
+
+def _pick(records: list[dict[str, Any]], limit: int | None, rng: np.random.Generator) -> list:
+    if limit is None or len(records) <= limit:
+        return records
+    idx = np.sort(rng.choice(len(records), size=limit, replace=False))
+    return [records[i] for i in idx]
+
+
+def attack_set(
+    data_root: Path,
+    detector: Path | nn.Module,
+    out: Path,
+    attack: str = "pgd",
+    splits: Sequence[str] = SPLITS,
+    batch_size: int = 32,
+    limit: int | None = None,
+    limit_real: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    tau_fake: float | None = None,
+    margin_slack: float = MARGIN_SLACK,
+    overrides: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Write ``out/index.jsonl`` + PNGs + ``dataset.json``; returns per-split stats.
+
+    ``detector``: a train_detector run dir (its best checkpoint and tau_fake) or a model.
+    ``limit``: at most this many fake crops attacked per split (``limit_real``: real crops
+    kept per split, default ``limit``), drawn at random with ``seed``.
+    """
+    args = {k: v for k, v in locals().items() if k not in ("progress", "detector")}
+    args["detector"] = str(detector) if isinstance(detector, Path | str) else "<model>"
+    data_root, out = Path(data_root), Path(out)
+    seed_everything(seed)
+    dev = pick_device(device)
+    g, tau = _resolve_detector(detector, dev, tau_fake)
+    size = g.input_size
+    record = RunRecord.start(out, "attack_set", args, seed)
+    rows: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {}
+    rng = np.random.default_rng(seed)
+    limit_real = limit if limit_real is None else limit_real
+    t0 = time.perf_counter()
+    for split in splits:
+        recs = [r for r in read_index(data_root) if r["split"] == split]
+        fakes = _pick([r for r in recs if int(r["label"]) == 1], limit, rng)
+        reals = _pick([r for r in recs if int(r["label"]) == 0], limit_real, rng)
+        split_rows, stats[split] = _one_split(
+            g, data_root, out, split, fakes, reals, size, attack, tau, batch_size, seed,
+            margin_slack, overrides, progress or no_progress)
+        rows += split_rows
+    atomic_write_text(out / INDEX_NAME, "".join(json.dumps(r) + "\n" for r in rows))
+    meta = {"kind": "attack_set", "attack": attack, "tau_fake": tau, "crop_size": size,
+            "detector": args["detector"], "source": str(data_root.resolve()),
+            "classes": {"0": "clean", "1": "attacked"}, "stats": stats,
+            "overrides": overrides or {}, "kappa": _attack_kwargs(
+                attack, tau, seed, margin_slack, None, overrides).get("kappa")}
+    atomic_write_text(out / DATASET_NAME, json.dumps(meta, indent=2) + "\n")
+    record.add_timing("attack_set", time.perf_counter() - t0)
+    record.finish(metrics=stats, tau_fake=tau, crop_size=size)
+    return meta
+
+
+def _resolve_detector(
+    detector: Path | nn.Module, dev: torch.device, tau_fake: float | None
+) -> tuple[nn.Module, float]:
+    if isinstance(detector, nn.Module):
+        return detector.to(dev).eval(), 0.5 if tau_fake is None else tau_fake
+    g, rec = load_trained(Path(detector), dev)
+    tau = rec.get("thresholds", {}).get("tau_fake", 0.5) if tau_fake is None else tau_fake
+    return g, float(tau)
+
+
+def _one_split(
+    g: nn.Module,
+    root: Path,
+    out: Path,
+    split: str,
+    fakes: list[dict[str, Any]],
+    reals: list[dict[str, Any]],
+    size: int,
+    attack: str,
+    tau: float,
+    batch_size: int,
+    seed: int,
+    margin_slack: float,
+    overrides: dict[str, Any] | None,
+    progress: ProgressFn,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(reals), CHUNK):
+        recs = reals[start:start + CHUNK]
+        x_real = load_crops(root, recs, size)
+        for i, (r, x, p) in enumerate(zip(recs, x_real, p_fake_of(g, x_real, batch_size).tolist(),
+                                          strict=True)):
+            if p < tau:
+                path = f"{split}/clean/{start + i:06d}.png"
+                write_png(out / path, to_uint8(x))
+                rows.append(_row(r, path, 0, split, "clean", p, p, 0.0, None))
+    n_clean, n_caught, results = len(rows), 0, []
+    for start in range(0, len(fakes), CHUNK):
+        recs = fakes[start:start + CHUNK]
+        x_fake = load_crops(root, recs, size)
+        p_fake = p_fake_of(g, x_fake, batch_size)
+        caught = (p_fake >= tau).nonzero().squeeze(1)
+        n_caught += int(caught.numel())
+        res = attack_crops(g, x_fake[caught], attack, tau, batch_size, seed + start,
+                           margin_slack, overrides=overrides, progress=progress)
+        results.append(res)
+        for j, k in enumerate(caught.tolist()):
+            if res.fooled[j]:
+                path = f"{split}/attacked/{start + k:06d}.png"
+                write_png(out / path, res.adv[j])
+                q = None if res.queries is None else int(res.queries[j])
+                rows.append(_row(recs[k], path, 1, split, attack, float(p_fake[k]),
+                                 float(res.p_fake_after[j]), float(res.linf[j]), q))
+    merged = AttackedBatch.cat(results)
+    stats = {"real": len(reals), "real_called_real": n_clean, "fake": len(fakes),
+             "fake_called_fake": n_caught, **merged.stats(),
+             "attacked_kept": int(merged.fooled.sum())}
+    return rows, stats
+
+
+def _row(
+    src: dict[str, Any], path: str, label: int, split: str, attack: str,
+    p_before: float, p_after: float, linf: float, queries: int | None,
+) -> dict[str, Any]:
+    return {
+        "path": path, "label": label, "split": split, "source": src.get("source"),
+        "identity": src.get("identity"), "method": src.get("method"), "frame": src.get("frame"),
+        "attack": attack, "orig_path": src["path"], "orig_label": int(src["label"]),
+        "p_fake_before": round(p_before, 6), "p_fake_after": round(p_after, 6),
+        "linf": round(linf, 6), "queries": queries,
+    }

@@ -1,0 +1,307 @@
+"""Train the deepfake detector g on a crop dataset (``dfshield train detector``).
+
+Class balance by a weighted sampler; augmentations (colour jitter, blur, JPEG re-compression,
+flip) act on the [0,1] crop tensor; validation AUC + accuracy on the full val split every epoch;
+best checkpoint by val AUC; early stopping; tau_fake chosen on val (Youden J) goes in the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.models.registry import create_model
+from app.training.common import (
+    BEST_NAME,
+    LAST_NAME,
+    CropFiles,
+    ProgressFn,
+    RunRecord,
+    autocast,
+    balanced_sampler,
+    binary_metrics,
+    choose_threshold,
+    load_checkpoint,
+    loader,
+    make_scaler,
+    no_progress,
+    pick_device,
+    rng_state,
+    safe_auc,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from app.training.data import read_index, read_meta
+
+log = logging.getLogger("dfshield.training")
+
+
+class Augment:
+    """Random photometric degradations a real pipeline applies to faces, on [3,H,W] in [0,1].
+
+    Randomness comes from torch's RNG, which DataLoader seeds per worker from the run seed.
+    """
+
+    def __init__(
+        self,
+        p_jitter: float = 0.8,
+        jitter: float = 0.15,
+        p_blur: float = 0.2,
+        blur_sigma: tuple[float, float] = (0.3, 1.2),
+        p_jpeg: float = 0.5,
+        jpeg_quality: tuple[int, int] = (60, 95),
+        p_flip: float = 0.5,
+    ) -> None:
+        self.p_jitter, self.jitter = p_jitter, jitter
+        self.p_blur, self.blur_sigma = p_blur, blur_sigma
+        self.p_jpeg, self.jpeg_quality = p_jpeg, jpeg_quality
+        self.p_flip = p_flip
+
+    @staticmethod
+    def _u(lo: float = 0.0, hi: float = 1.0) -> float:
+        return lo + (hi - lo) * float(torch.rand(()))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._u() < self.p_jitter:
+            x = self.colour_jitter(x)
+        blur, jpeg = self._u() < self.p_blur, self._u() < self.p_jpeg
+        if blur or jpeg:
+            x = self.degrade(x, blur, jpeg)
+        if self._u() < self.p_flip:
+            x = x.flip(-1)
+        return x.clamp(0.0, 1.0)
+
+    def colour_jitter(self, x: torch.Tensor) -> torch.Tensor:
+        j = self.jitter
+        x = x * self._u(1 - j, 1 + j)  # brightness
+        mean = x.mean()
+        x = (x - mean) * self._u(1 - j, 1 + j) + mean  # contrast
+        grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+        return ((x - grey) * self._u(1 - j, 1 + j) + grey).clamp(0.0, 1.0)  # saturation
+
+    def degrade(self, x: torch.Tensor, blur: bool, jpeg: bool) -> torch.Tensor:
+        """Blur and/or JPEG in uint8 space, as a video encoder would see the face."""
+        img = (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+        if blur:
+            img = cv2.GaussianBlur(img, (0, 0), self._u(*self.blur_sigma))
+        if jpeg:
+            q = int(self._u(*self.jpeg_quality))
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
+            if ok:
+                img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255.0
+
+
+def _augmenter(augment: bool | dict[str, Any]) -> Augment | None:
+    """``True``: default augmentation; a dict: Augment's probabilities/ranges; ``False``: none."""
+    if isinstance(augment, dict):
+        return Augment(**augment)
+    return Augment() if augment else None
+
+
+def split_records(root: Path, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+    recs = [r for r in read_index(root) if r["split"] == split]
+    if not recs:
+        raise ValueError(f"split {split!r} of {root} has no crops; check index.jsonl")
+    return recs[:limit] if limit else recs
+
+
+@torch.no_grad()
+def predict_p_fake(
+    model: nn.Module, dl: torch.utils.data.DataLoader, device: torch.device, amp: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, p_fake) over a loader, in eval mode."""
+    model.eval()
+    labels, probs = [], []
+    for x, y, _ in dl:
+        with autocast(device, amp):
+            logits = model(x.to(device, non_blocking=True))
+        probs.append(logits.float().softmax(1)[:, 1].cpu())
+        labels.append(y)
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy()
+
+
+def _train_epoch(
+    model: nn.Module,
+    dl: torch.utils.data.DataLoader,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp: bool,
+    max_steps: int | None,
+    progress: ProgressFn,
+    stage: str,
+) -> float:
+    model.train()
+    total, n = 0.0, 0
+    steps = len(dl) if max_steps is None else min(len(dl), max_steps)
+    for step, (x, y, _) in enumerate(dl):
+        if step >= steps:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        total, n = total + float(loss.detach()) * len(y), n + len(y)
+        progress(stage, step + 1, steps)
+    return total / max(n, 1)
+
+
+def train_detector(
+    data_root: Path,
+    run_dir: Path,
+    arch: str = "resnet10t_df",
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    device: str = "auto",
+    amp: bool = True,
+    patience: int = 3,
+    max_steps_per_epoch: int | None = None,
+    limit_train: int | None = None,
+    augment: bool | dict[str, Any] = True,
+    workers: int = 0,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train g; returns the run record (also written to ``run_dir/record.json``)."""
+    args = {k: v for k, v in locals().items() if k != "progress"}
+    progress = progress or no_progress
+    data_root, run_dir = Path(data_root), Path(run_dir)
+    seed_everything(seed)
+    dev = pick_device(device)
+    model = create_model(arch).to(dev)
+    size = model.input_size
+    train_recs = split_records(data_root, "train", limit_train)
+    val_recs = split_records(data_root, "val")
+    train_dl = loader(
+        CropFiles(data_root, train_recs, size, _augmenter(augment)),
+        batch_size, workers, balanced_sampler([r["label"] for r in train_recs], seed),
+        drop_last=len(train_recs) > batch_size,
+    )
+    val_dl = loader(CropFiles(data_root, val_recs, size), batch_size, workers)
+    opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    scaler = make_scaler(dev, amp)
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad": 0, "history": []}
+    if resume and (run_dir / LAST_NAME).is_file():
+        state = _restore(run_dir / LAST_NAME, model, opt, sched, scaler)
+        log.info("resuming %s at epoch %d", run_dir, state["epoch"])
+    record = RunRecord.start(run_dir, "detector", args, seed)
+    record.update(arch=arch, arch_kwargs={}, input_size=size, device=str(dev),
+                  data=_data_info(data_root, train_recs, val_recs))
+    t_start = time.perf_counter()
+    for epoch in range(state["epoch"], epochs):
+        if state["bad"] >= patience:
+            break
+        t0 = time.perf_counter()
+        loss = _train_epoch(model, train_dl, opt, scaler, dev, amp, max_steps_per_epoch,
+                            progress, f"detector epoch {epoch + 1}/{epochs}")
+        sched.step()
+        y, p = predict_p_fake(model, val_dl, dev, amp)
+        auc = safe_auc(y, p)
+        acc = float(((p >= 0.5) == y).mean())
+        score = auc if auc is not None else acc
+        row = {"epoch": epoch + 1, "train_loss": loss, "val_auc": auc, "val_acc": acc,
+               "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)}
+        state["history"].append(row)
+        log.info("detector %s", row)
+        if score > state["best"]:
+            state.update(best=score, best_epoch=epoch + 1, bad=0)
+            save_checkpoint(run_dir / BEST_NAME, {"model": model.net.state_dict(),
+                                                  "epoch": epoch + 1, "val_auc": auc})
+        else:
+            state["bad"] += 1
+        state["epoch"] = epoch + 1
+        _save_last(run_dir / LAST_NAME, model, opt, sched, scaler, state)
+        record.update(history=state["history"])
+    record.add_timing("train", time.perf_counter() - t_start)
+    return _finish(record, model, run_dir, data_root, val_dl, dev, amp, batch_size, workers,
+                   state)
+
+
+def _finish(
+    record: RunRecord,
+    model: nn.Module,
+    run_dir: Path,
+    data_root: Path,
+    val_dl: torch.utils.data.DataLoader,
+    dev: torch.device,
+    amp: bool,
+    batch_size: int,
+    workers: int,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """Reload the best epoch, pick tau_fake on val, measure val (and test, if any)."""
+    model.net.load_state_dict(load_checkpoint(run_dir / BEST_NAME, dev)["model"])
+    y, p = predict_p_fake(model, val_dl, dev, amp)
+    tau = choose_threshold(y, p)
+    metrics: dict[str, Any] = {"val": binary_metrics(y, p, tau),
+                               "val_at_0.5": binary_metrics(y, p, 0.5)}
+    test_recs = [r for r in read_index(data_root) if r["split"] == "test"]
+    if test_recs:
+        test_dl = loader(CropFiles(data_root, test_recs, model.input_size), batch_size, workers)
+        yt, pt = predict_p_fake(model, test_dl, dev, amp)
+        metrics["test"] = binary_metrics(yt, pt, tau)
+    record.finish(thresholds={"tau_fake": tau}, metrics=metrics, best_epoch=state["best_epoch"],
+                  epochs_run=state["epoch"], best_checkpoint=BEST_NAME)
+    return record.data
+
+
+def _save_last(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    state: dict[str, Any],
+) -> None:
+    save_checkpoint(path, {
+        "model": model.net.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "state": state,
+        "rng": rng_state(),
+    })
+
+
+def _restore(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> dict[str, Any]:
+    ckpt = load_checkpoint(path, next(model.parameters()).device)
+    model.net.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return ckpt["state"]
+
+
+def _data_info(
+    root: Path, train: list[dict[str, Any]], val: list[dict[str, Any]]
+) -> dict[str, Any]:
+    def counts(recs: list[dict[str, Any]]) -> dict[str, int]:
+        return {"real": sum(r["label"] == 0 for r in recs),
+                "fake": sum(r["label"] == 1 for r in recs),
+                "identities": len({r.get("identity") for r in recs})}
+
+    meta = read_meta(root)
+    keep = ("format", "kind", "source", "layout", "seed", "crop_size", "created", "licences")
+    return {"root": str(root.resolve()), "train": counts(train), "val": counts(val),
+            "dataset": {k: meta[k] for k in keep if k in meta}}
