@@ -69,6 +69,16 @@ def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
 
 
+def optimizer_step(
+    loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> None:
+    """One (possibly fp16-scaled) optimisation step, shared by the g and d training loops."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 def library_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("dfshield", "torch", "torchvision", "timm", "captum", "numpy", "scikit-learn",

@@ -48,6 +48,7 @@ from app.training.common import (
     loader,
     make_scaler,
     no_progress,
+    optimizer_step,
     pick_device,
     rng_state,
     save_checkpoint,
@@ -270,10 +271,7 @@ def _epoch(
         d.train()
         with autocast(dev, amp):
             loss = F.cross_entropy(d(x, m).float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        optimizer_step(loss, opt, scaler)
         total, n = total + float(loss.detach()) * len(y), n + len(y)
         progress(stage, step + 1, steps)
     return total / max(n, 1)

@@ -33,6 +33,7 @@ from app.training.common import (
     loader,
     make_scaler,
     no_progress,
+    optimizer_step,
     pick_device,
     rng_state,
     safe_auc,
@@ -150,10 +151,7 @@ def _train_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        optimizer_step(loss, opt, scaler)
         total, n = total + float(loss.detach()) * len(y), n + len(y)
         progress(stage, step + 1, steps)
     return total / max(n, 1)
