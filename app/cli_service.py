@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from app.config import DeviceName, Settings, get_settings
+from app.runtime import Backend
 
 bench_app = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
 
@@ -75,8 +76,10 @@ def bench_pipeline_cmd(
     batch: Annotated[int, typer.Option(min=1, help="faces per batch")] = 8,
     repeats: Annotated[int, typer.Option(min=1)] = 5,
     device: DeviceOpt = None,
+    backend: Annotated[Backend | None, typer.Option(
+        help="g and d in torch | onnx (ONNX Runtime); default DFSHIELD_BACKEND")] = None,
 ) -> None:
     """Per-face ms of g alone, g + each XAI method, and + d; peak memory."""
     from app.bench import bench_pipeline, print_pipeline
 
-    print_pipeline(bench_pipeline(batch=batch, repeats=repeats, device=device))
+    print_pipeline(bench_pipeline(batch=batch, repeats=repeats, device=device, backend=backend))

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     device: DeviceName = "auto"
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
     amp: bool = Field(True, description="autocast g/d forward on CUDA (never on CPU)")
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="runtime of g and d: torch or ONNX Runtime (XAI stays in torch)"
+    )
     models_dir: Path = REPO_ROOT / "models"
     data_dir: Path = Path.home() / ".cache" / "dfshield"
 

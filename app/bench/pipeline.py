@@ -1,5 +1,6 @@
 """In-process per-face cost of the method's stages with the served models (the paper's overhead
 table: g alone, g + XAI map, g + XAI + d), on random crops of the detector's input size.
+g and d run in the chosen backend (torch or ONNX Runtime); XAI maps always come from torch.
 
 Peak memory: on CUDA the allocator's peak for the stage; on CPU the process's peak RSS (VmHWM,
 reset before each stage through /proc/self/clear_refs), i.e. models and libraries included.
@@ -24,6 +25,7 @@ from rich.table import Table
 from app.config import get_settings
 from app.pipeline.analyze import Analyzer, crops_to_tensor
 from app.pipeline.explain import XAI_METHODS
+from app.runtime import Backend
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -40,6 +42,7 @@ class PipelineRow:
 @dataclass
 class PipelineReport:
     device: str
+    backend: str  # "torch" or "onnxruntime <provider>"
     crop_size: int
     batch: int
     repeats: int
@@ -96,7 +99,7 @@ def _stages(analyzer: Analyzer, x: torch.Tensor,
 
     def g() -> torch.Tensor:
         with autocast():
-            return analyzer.detector.p_fake(x)
+            return analyzer.g.p_fake(x)
 
     def g_xai(method: str) -> Callable[[], torch.Tensor]:
         return lambda: (g(), analyzer.explainer(method).maps(x))[1]
@@ -105,7 +108,7 @@ def _stages(analyzer: Analyzer, x: torch.Tensor,
         def run() -> torch.Tensor:
             maps = g_xai(method)()
             with autocast():
-                return analyzer.adversarial.p_attacked(x, maps)
+                return analyzer.d.p_attacked(x, maps)
 
         return run
 
@@ -122,18 +125,25 @@ def bench_pipeline(
     device: str | None = None,
     warmup: int = 1,
     seed: int = 0,
+    backend: Backend | None = None,
 ) -> PipelineReport:
-    """Per-face milliseconds and peak memory of each stage combination, bundled models."""
+    """Per-face milliseconds and peak memory of each stage combination, bundled models.
+
+    ``backend`` overrides DFSHIELD_BACKEND for g and d.
+    """
     if batch < 1 or repeats < 1:
         raise ValueError("batch and repeats must be >= 1")
-    analyzer = Analyzer.from_settings(get_settings(), device)
+    settings = get_settings()
+    if backend is not None:
+        settings = settings.model_copy(update={"backend": backend})
+    analyzer = Analyzer.from_settings(settings, device)
     rng = np.random.default_rng(seed)
     size = analyzer.crop_size
     crops = list(rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8))
     x = crops_to_tensor(crops, analyzer.device)
     report = PipelineReport(
-        device=str(analyzer.device), crop_size=size, batch=batch, repeats=repeats,
-        torch_threads=torch.get_num_threads(),
+        device=str(analyzer.device), backend=analyzer.runtime, crop_size=size, batch=batch,
+        repeats=repeats, torch_threads=torch.get_num_threads(),
         models=[f"{m.name}@{m.version}" for m in analyzer.models],
     )
     base_ms = None
@@ -149,7 +159,8 @@ def bench_pipeline(
 def print_pipeline(report: PipelineReport, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     where = "GPU memory peak" if report.device.startswith("cuda") else "process peak RSS"
-    table = Table(title=f"per-face cost on {report.device}: batch {report.batch}, "
+    table = Table(title=f"per-face cost on {report.device}, g and d in {report.backend}: "
+                        f"batch {report.batch}, "
                         f"{report.crop_size}px crops, median of {report.repeats}, "
                         f"{report.torch_threads} threads")
     for col in ("stage", "ms/face", "vs g", f"{where} MB"):

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from app.models.store import ModelBundle, load_bundle
 from app.pipeline.explain import Explainer, map_to_image
 from app.pipeline.faces import DetectedFace
 from app.pipeline.verdicts import face_verdict, frame_verdict, summarize
+from app.runtime import BACKENDS, AttackScorer, Backend, FakeScorer
 from app.schemas import (
     AnalysisResult,
     FacePublic,
@@ -69,7 +71,12 @@ def resolve_thresholds(bundle: ModelBundle, settings: Settings) -> Thresholds:
 
 
 class Analyzer:
-    """Holds g, d and one explainer per XAI method; scores batches of crops."""
+    """Holds g, d and one explainer per XAI method; scores batches of crops.
+
+    ``backend="onnx"`` scores g and d in ONNX Runtime (the store's verified ``.onnx`` files in
+    ``models_dir``, ``threads`` intra-op threads, 0 = ORT's default); XAI maps always come from
+    the torch detector ``self.detector``. ``self.g`` / ``self.d`` are what scores.
+    """
 
     def __init__(
         self,
@@ -78,7 +85,12 @@ class Analyzer:
         thresholds: Thresholds,
         xai_method: str = "saliency",
         amp: bool = True,
+        backend: Backend = "torch",
+        models_dir: Path | None = None,
+        threads: int = 0,
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.bundle = bundle
         self.device = device
         self.detector = bundle.detector.to(device).eval()
@@ -86,10 +98,25 @@ class Analyzer:
         self.thresholds = thresholds
         self.xai_method = xai_method
         # Autocast only on CUDA: CPU bf16 autocast is slower and less accurate here.
-        self.amp = amp and device.type == "cuda"
+        self.amp = amp and device.type == "cuda" and backend == "torch"
         self.models: list[ModelInfo] = bundle.model_infos()
         self.crop_size: int = self.detector.input_size
         self._explainers: dict[str, Explainer] = {}
+        self.backend = backend
+        self.runtime = "torch"  # what runs g and d, e.g. "onnxruntime CPUExecutionProvider"
+        self.g: FakeScorer = self.detector
+        self.d: AttackScorer = self.adversarial
+        if backend == "onnx":
+            self._use_onnx(models_dir, threads)
+
+    def _use_onnx(self, models_dir: Path | None, threads: int) -> None:
+        if models_dir is None:
+            raise ValueError("backend 'onnx' needs models_dir (the store holding the .onnx files)")
+        from app.runtime.onnx import load_onnx_pair  # onnxruntime only loads when asked for
+
+        g, d = load_onnx_pair(models_dir, self.bundle, self.device, threads)
+        self.g, self.d = g, d
+        self.runtime = f"onnxruntime {g.provider}"
 
     @classmethod
     def from_settings(cls, settings: Settings, device: str | None = None) -> Analyzer:
@@ -97,7 +124,15 @@ class Analyzer:
         dev = resolve_device(device or settings.device)
         bundle = load_bundle(settings.models_dir, dev)
         return cls(bundle, dev, resolve_thresholds(bundle, settings), settings.xai_method,
-                   settings.amp)
+                   settings.amp, backend=settings.backend, models_dir=settings.models_dir,
+                   threads=settings.torch_threads)
+
+    @property
+    def device_label(self) -> str:
+        """Device plus runtime when g and d do not run in torch: ``cpu (onnxruntime …)``."""
+        if self.backend == "torch":
+            return str(self.device)
+        return f"{self.device} ({self.runtime})"
 
     @property
     def trained(self) -> bool:
@@ -131,7 +166,7 @@ class Analyzer:
         x = crops_to_tensor(crops, self.device)
         t0 = time.perf_counter()
         with self._autocast():
-            p_fake = self.detector.p_fake(x).float().cpu().numpy()
+            p_fake = self.g.p_fake(x).float().cpu().numpy()
         _add_time(timings, "detector", t0)
         p_att: dict[int, float] = {}
         maps: dict[int, np.ndarray] = {}
@@ -169,7 +204,7 @@ class Analyzer:
         _add_time(timings, "xai", t0)
         t0 = time.perf_counter()
         with self._autocast():
-            probs = self.adversarial.p_attacked(sub, xai).float().cpu().numpy()
+            probs = self.d.p_attacked(sub, xai).float().cpu().numpy()
         _add_time(timings, "adversarial", t0)
         for j, i in enumerate(idx):
             p_att[i] = float(probs[j])
@@ -227,5 +262,5 @@ def build_result(
         models=analyzer.models,
         timings_ms={k: round(v, 2) for k, v in timings_ms.items()},
         warnings=warns,
-        device=str(analyzer.device),
+        device=analyzer.device_label,
     )
