@@ -110,6 +110,8 @@ def detector(
     patience: Annotated[int, typer.Option(min=1, help="early-stopping epochs")] = 3,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    online_sbi: Annotated[bool, typer.Option(
+        help="train on reals only, each paired with a fresh self-blended fake (SBI)")] = False,
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
 ) -> None:
     """Train g; best checkpoint by full-validation AUC, tau_fake chosen on validation."""
@@ -118,7 +120,7 @@ def detector(
     with stage_progress("detector") as cb:
         record = train_detector(data, run_dir, arch=arch, epochs=epochs, batch_size=batch_size,
                                 lr=lr, patience=patience, seed=seed, device=device,
-                                resume=resume, progress=cb)
+                                online_sbi=online_sbi, resume=resume, progress=cb)
     _print_summary(record)
 
 

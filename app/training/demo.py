@@ -178,17 +178,19 @@ def split_identities(identities: list[str], seed: int) -> dict[str, str]:
     return out
 
 
-def _finish(img: np.ndarray, grey: bool, rng: np.random.Generator) -> np.ndarray:
-    img = augment.quality(img, rng)
-    return augment.to_grey(img) if grey else img
-
-
 def make_sample(base: BaseFace, kind: str, partners: list[BaseFace],
-                rng: np.random.Generator) -> tuple[np.ndarray, BaseFace | None]:
-    """One augmented crop: ``kind`` real | sbi | blend → (image, blend source or None)."""
+                rng: np.random.Generator) -> tuple[np.ndarray, BaseFace | None, np.ndarray]:
+    """One augmented crop: ``kind`` real | sbi | blend → (image, blend source or None,
+    landmarks in crop pixels after the geometric augmentation).
+
+    Compression and blur come *before* the blend, as in a face swap made from a compressed
+    video: the stored reals are then exactly what the fakes were made from, so self-blending
+    them again at training time (``online_sbi.py``) makes fakes like the stored ones.
+    """
     img, lms = augment.geometry(base.crop, base.lms, rng)
     if not base.grey:
         img = augment.colour(img, rng)
+    img = augment.quality(img, rng)
     partner = None
     if kind == "blend" and partners:
         partner = partners[int(rng.integers(len(partners)))]
@@ -196,7 +198,7 @@ def make_sample(base: BaseFace, kind: str, partners: list[BaseFace],
         img, _ = cross_blend(img, lms, src, partner.lms, rng)
     elif kind != "real":
         img, _ = self_blend(img, lms, rng)
-    return _finish(img, base.grey, rng), partner
+    return (augment.to_grey(img) if base.grey else img), partner, lms
 
 
 def _kinds(n_faces: int, per_identity: int) -> list[str]:
@@ -227,7 +229,7 @@ def _write_samples(writer: CropWriter, bases: Bases, splits: dict[str, str], per
         for k, kind in enumerate(_kinds(len(faces), per_identity)):
             rng = np.random.default_rng([seed, ident_no, k])
             base = faces[k % len(faces)]
-            img, partner = make_sample(base, kind, partners, rng)
+            img, partner, lms = make_sample(base, kind, partners, rng)
             method = "original" if kind == "real" else ("blend" if partner else "sbi")
             label = 0 if kind == "real" else 1
             rel = writer.crop_path(split, label, ident, k, 0)
@@ -238,7 +240,7 @@ def _write_samples(writer: CropWriter, bases: Bases, splits: dict[str, str], per
             records.append({"path": rel, "label": label, "split": split, "source": source,
                             "base": base.source, "identity": ident, "identities": ids,
                             "method": method, "frame": k, "timestamp": 0.0, "box": None,
-                            "landmarks": None})
+                            "landmarks": np.round(lms, 1).tolist()})
             tick()
         writer.commit(records, {"source": ident, "split": split, "status": "ok",
                                 "crops": len(records)})

@@ -32,7 +32,10 @@ FLIP_ORDER = [1, 0, 2, 4, 3]  # landmark order after a horizontal flip (left <->
 CANONICAL_5 = np.array(
     [[0.346, 0.408], [0.654, 0.408], [0.5, 0.538], [0.385, 0.69], [0.615, 0.69]], np.float64
 )
-BLEND_RATIO = (0.25, 1.0)
+# SBI's blend ratios: a full paste half of the time, partial blends otherwise.
+BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
+MIN_CHANGE = 3.0  # grey levels a self-blend must change the face by, on average (see self_blend)
+MAX_TRIES = 8
 
 
 def canonical_landmarks(size: int) -> np.ndarray:
@@ -80,7 +83,7 @@ def random_mask(
     landmarks: Landmarks, shape: tuple[int, int], rng: np.random.Generator
 ) -> np.ndarray:
     """Face hull, randomly scaled, elastically deformed, dilated or eroded, blurred, then scaled
-    by a blend ratio in [0.25, 1]. Float32 HxW in [0, 1]; exactly 0 far from the face."""
+    by one of SBI's blend ratios. Float32 HxW in [0, 1]; exactly 0 far from the face."""
     side = max(shape)
     mask = face_hull(landmarks, shape, scale=rng.uniform(0.85, 1.1))
     mask = _elastic(mask, rng, rng.uniform(0.005, 0.02))
@@ -93,7 +96,7 @@ def random_mask(
     peak = float(mask.max())
     if peak <= 0:
         return mask
-    mask = mask / peak * rng.uniform(*BLEND_RATIO)
+    mask = mask / peak * float(rng.choice(BLEND_RATIOS))
     mask[mask < 1.0 / 255] = 0.0  # blur tails: keep "far outside" exactly untouched
     return mask.astype(np.float32)
 
@@ -115,20 +118,16 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def frequency_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One of: unsharp-mask sharpening, Gaussian blur, down-then-up resampling, nothing."""
-    choice = int(rng.integers(0, 4))
-    if choice == 0:
+    """Down-then-up resampling by 2 or 4, or unsharp-mask sharpening (SBI always applies one:
+    the source's frequency content must differ from the target's, as after a face swap)."""
+    if rng.random() < 0.5:
         blurred = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 2.0)).astype(np.float32)
-        amount = rng.uniform(0.3, 1.0)
+        amount = rng.uniform(0.5, 1.5)
         return np.clip(img + amount * (img - blurred), 0, 255).astype(np.uint8)
-    if choice == 1:
-        return cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.2))
-    if choice == 2:
-        h, w = img.shape[:2]
-        f = rng.uniform(0.5, 0.85)
-        small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return img.copy()
+    h, w = img.shape[:2]
+    f = 0.5 if rng.random() < 0.5 else 0.25
+    small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def geometric_jitter(
@@ -152,17 +151,50 @@ def _check_img(img: np.ndarray) -> None:
         raise ValueError("expected an HxWx3 uint8 RGB image")
 
 
+def _grey(img: np.ndarray) -> np.ndarray:
+    return np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+
+def is_grey(img: np.ndarray) -> bool:
+    """True when all three channels are equal (a grey picture stored as RGB)."""
+    return bool(np.ptp(img.astype(np.int16), axis=2).max() == 0)
+
+
+def visible_change(fake: np.ndarray, img: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute change (grey levels, averaged over channels) where the mask is at least
+    half its peak (the blended face, whatever the blend ratio)."""
+    peak = float(mask.max())
+    if peak <= 0:
+        return 0.0
+    inside = mask >= 0.5 * peak
+    return float(np.abs(fake.astype(np.float32) - img.astype(np.float32)).mean(2)[inside].mean())
+
+
 def self_blend(
-    img: np.ndarray, landmarks: Landmarks, rng: np.random.Generator
+    img: np.ndarray, landmarks: Landmarks, rng: np.random.Generator,
+    min_change: float = MIN_CHANGE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A self-blended fake of ``img`` → (fake uint8 HxWx3, mask float32 HxW in [0, 1])."""
+    """A self-blended fake of ``img`` → (fake uint8 HxWx3, mask float32 HxW in [0, 1]).
+
+    A grey ``img`` gets a grey fake. Mask and source jitter are redrawn (up to ``MAX_TRIES``
+    times, the largest change kept) while the face changes by less than ``min_change`` levels:
+    on a blurry grey face, colour shifts can cancel in luminance and resampling changes nothing,
+    and a "fake" identical to its real is label noise for training and evaluation alike.
+    """
     _check_img(img)
     pts = _lms(landmarks)
-    src = colour_jitter(img, rng)
-    src = frequency_jitter(src, rng)
-    src = geometric_jitter(src, pts.mean(0), rng)
-    mask = random_mask(pts, img.shape[:2], rng)
-    return _blend(src, img, mask), mask
+    grey = is_grey(img)
+    best, best_mask, best_change = img, np.zeros(img.shape[:2], np.float32), -1.0
+    for _ in range(MAX_TRIES):
+        mask = random_mask(pts, img.shape[:2], rng)
+        src = geometric_jitter(frequency_jitter(colour_jitter(img, rng), rng), pts.mean(0), rng)
+        fake = _blend(_grey(src) if grey else src, img, mask)
+        change = visible_change(fake, img, mask)
+        if change > best_change:
+            best, best_mask, best_change = fake, mask, change
+        if change >= min_change:
+            break
+    return best, best_mask
 
 
 def align_to(

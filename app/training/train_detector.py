@@ -42,6 +42,7 @@ from app.training.common import (
     set_rng_state,
 )
 from app.training.data import read_index, read_meta
+from app.training.online_sbi import SelfBlendPairs, flatten_pairs
 
 log = logging.getLogger("dfshield.training")
 
@@ -148,6 +149,7 @@ def _train_epoch(
     for step, (x, y, _) in enumerate(dl):
         if step >= steps:
             break
+        x, y = flatten_pairs(x, y)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
@@ -173,10 +175,15 @@ def train_detector(
     limit_train: int | None = None,
     augment: bool | dict[str, Any] = True,
     workers: int = 0,
+    online_sbi: bool = False,
     resume: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Train g; returns the run record (also written to ``run_dir/record.json``)."""
+    """Train g; returns the run record (also written to ``run_dir/record.json``).
+
+    ``online_sbi``: train on the real crops only, each paired with a fresh self-blended fake
+    (``online_sbi.py``); validation and test still use the dataset's stored fakes.
+    """
     args = {k: v for k, v in locals().items() if k != "progress"}
     progress = progress or no_progress
     data_root, run_dir = Path(data_root), Path(run_dir)
@@ -186,11 +193,8 @@ def train_detector(
     size = model.input_size
     train_recs = split_records(data_root, "train", limit_train)
     val_recs = split_records(data_root, "val")
-    train_dl = loader(
-        CropFiles(data_root, train_recs, size, _augmenter(augment)),
-        batch_size, workers, balanced_sampler([r["label"] for r in train_recs], seed),
-        drop_last=len(train_recs) > batch_size,
-    )
+    train_dl = _train_loader(data_root, train_recs, size, augment, online_sbi, batch_size,
+                             workers, seed)
     val_dl = loader(CropFiles(data_root, val_recs, size), batch_size, workers)
     opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
@@ -230,6 +234,22 @@ def train_detector(
     record.add_timing("train", time.perf_counter() - t_start)
     return _finish(record, model, run_dir, data_root, val_dl, dev, amp, batch_size, workers,
                    state)
+
+
+def _train_loader(
+    root: Path, recs: list[dict[str, Any]], size: int, augment: bool | dict[str, Any],
+    online_sbi: bool, batch_size: int, workers: int, seed: int,
+) -> torch.utils.data.DataLoader:
+    """Stored crops with a class-balanced sampler, or reals + online self-blends in pairs
+    (half the batch size in pairs, so a step still sees ``batch_size`` images)."""
+    if not online_sbi:
+        return loader(CropFiles(root, recs, size, _augmenter(augment)), batch_size, workers,
+                      balanced_sampler([r["label"] for r in recs], seed),
+                      drop_last=len(recs) > batch_size)
+    pairs = SelfBlendPairs(root, recs, size, _augmenter(augment))
+    per_step = max(1, batch_size // 2)
+    sampler = torch.utils.data.RandomSampler(pairs, generator=torch.Generator().manual_seed(seed))
+    return loader(pairs, per_step, workers, sampler, drop_last=len(pairs) > per_step)
 
 
 def _finish(

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from app.config import REPO_ROOT, Settings
+from app.models.store import load_manifest
 from app.service import run_api, run_worker
 from tests.service.live import IMAGE, free_port, submit
 
@@ -59,7 +60,13 @@ def test_serve_runs_embedded_redis_worker_and_api_then_stops_cleanly(tmp_path: P
     lines = [json.loads(line) for line in text.splitlines()]  # JSON logs: one object a line
     by_msg = {rec["msg"]: rec for rec in lines}
     assert by_msg["dfshield serve starting"]["redis"].startswith("embedded")
-    assert any("UNTRAINED" in m for m in by_msg["worker ready"]["models"])  # banner says so
+    # The banner names the served models and flags untrained ones, as the manifest says.
+    manifest = load_manifest(REPO_ROOT / "models")
+    banner = by_msg["worker ready"]["models"]
+    for role in ("detector", "adversarial"):
+        entry = manifest.get(getattr(manifest.default, role))
+        shown = f"{entry.name}@{entry.version}" + ("" if entry.trained else " (UNTRAINED)")
+        assert shown in banner
     assert by_msg["request"]["request_id"] and by_msg["request"]["path"] == "/v1/analyze"
     assert by_msg["job done"]["job_id"] == by_msg["analysis accepted"]["job_id"]
     assert not (data / "redis" / "redis.sock").exists()  # embedded Redis stopped with it

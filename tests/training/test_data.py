@@ -14,7 +14,9 @@ import torch
 from skimage import data as skdata
 
 from app.training.data import CropDataset, add_self_blends, load_rgb, prepare, read_index, read_meta
+from app.training.online_sbi import SelfBlendPairs
 from app.training.sources import discover_ffpp, identity_split, split_for
+from app.training.train_detector import train_detector
 from tests.mediagen import DATA_DIR, clip_from_image
 
 CROP = 48
@@ -242,3 +244,44 @@ def test_ffpp_unknown_method_is_refused(ffpp: Path) -> None:
     assert {s.identities for s in found if s.label == 1} == {
         (f"{a:03d}", f"{b:03d}") for a, b in FAKE_PAIRS
     }
+
+
+def test_online_self_blend_pairs_differ_only_by_the_blend(prepared) -> None:
+    root = prepared[0]
+    rows = read_index(root)
+    pairs = SelfBlendPairs(root, rows, CROP)
+    assert len(pairs) == sum(r["label"] == 0 for r in rows)  # reals only, fakes are made
+    torch.manual_seed(0)
+    x, y, i = pairs[0]
+    assert x.shape == (2, 3, CROP, CROP) and y.tolist() == [0, 1] and i == 0
+    stored = torch.from_numpy(load_rgb(root / pairs.records[0]["path"])).permute(2, 0, 1) / 255
+    assert torch.allclose(x[0], stored, atol=1 / 255)  # the real half is the stored real
+    diff = (x[1] - x[0]).abs().sum(0)
+    assert float(diff.max()) > 0.05  # the fake carries a blend ...
+    assert float(diff[:4, :4].max()) == 0.0 == float(diff[:4, -4:].max())  # ... not in corners
+    again, _, _ = pairs[0]
+    assert not torch.equal(again[1], x[1])  # a fresh self-blend on every draw
+    # A random transform makes the same draws for both halves (same flip, same brightness).
+    def jitter(t: torch.Tensor) -> torch.Tensor:
+        t = t * (0.5 + float(torch.rand(())))
+        return t.flip(-1) if float(torch.rand(())) < 0.5 else t
+
+    jittered = SelfBlendPairs(root, rows, CROP, transform=jitter)
+    corners = set()
+    for _ in range(6):
+        jx, _, _ = jittered[0]
+        assert torch.equal(jx[0][:, :4, :4], jx[1][:, :4, :4])
+        corners.add(round(float(jx[0][:, :4, :4].sum()), 3))
+    assert len(corners) > 1  # ... and the draws do change from item to item
+
+
+def test_online_self_blending_trains_and_needs_landmarks(prepared, tmp_path: Path) -> None:
+    root = prepared[0]
+    record = train_detector(root, tmp_path / "g", epochs=1, batch_size=4, online_sbi=True,
+                            device="cpu", amp=False, max_steps_per_epoch=2)
+    assert record["status"] == "done" and (tmp_path / "g" / "best.pt").is_file()
+    assert record["args"]["online_sbi"] is True and len(record["history"]) == 1
+    assert record["metrics"]["val"]["n"] == sum(r["split"] == "val" for r in read_index(root))
+    stripped = [{**r, "landmarks": None} for r in read_index(root)]
+    with pytest.raises(ValueError, match="landmarks"):
+        SelfBlendPairs(root, stripped, CROP)

@@ -16,7 +16,16 @@ from app.pipeline.faces import FaceDetector
 from app.training import augment
 from app.training.data import CropDataset, read_index, read_meta
 from app.training.demo import assign_splits, build_demo
-from app.training.sbi import align_to, cross_blend, face_hull, self_blend, self_blend_frame
+from app.training.sbi import (
+    MIN_CHANGE,
+    align_to,
+    cross_blend,
+    face_hull,
+    is_grey,
+    self_blend,
+    self_blend_frame,
+    visible_change,
+)
 from tests.mediagen import DATA_DIR
 
 SIDE = 128
@@ -69,6 +78,20 @@ def test_self_blend_changes_only_the_face(faces, seed: int) -> None:
     _check_fake(img, fake, mask)
     # The mask sits on the face: every landmark is well inside it.
     assert all(mask[int(y), int(x)] > 0.1 * mask.max() for x, y in lms)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_self_blend_of_a_blurry_grey_face_is_grey_and_visible(faces, seed: int) -> None:
+    """The LFW case: a 25 px grey face scaled up. Colour shifts can cancel in luminance and
+    resampling changes nothing there, so the jitter is redrawn until the face visibly changes."""
+    img, lms, _, _ = faces["grace"]
+    grey = augment.to_grey(img)
+    blurry = cv2.resize(cv2.resize(grey, (25, 25), interpolation=cv2.INTER_AREA), (SIDE, SIDE),
+                        interpolation=cv2.INTER_CUBIC)
+    fake, mask = self_blend(blurry, lms, np.random.default_rng(seed))
+    _check_fake(blurry, fake, mask)
+    assert is_grey(fake)
+    assert visible_change(fake, blurry, mask) >= MIN_CHANGE
 
 
 def test_self_blend_is_deterministic(faces) -> None:

@@ -151,7 +151,10 @@ def test_augment_keeps_range_and_shape() -> None:
 
 def test_threshold_maximises_balanced_accuracy() -> None:
     tau = choose_threshold([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.35, 0.8, 0.9])
-    assert 0.3 < tau <= 0.35
+    assert tau == pytest.approx(0.325)  # midway between the classes, not on a score
+    # Separable: 0.5 when it separates, else the middle of the gap (a margin on both sides).
+    assert choose_threshold([0, 0, 1, 1], [0.1, 0.2, 0.9, 0.95]) == 0.5
+    assert choose_threshold([0, 0, 1, 1], [0.6, 0.7, 0.9, 0.99]) == pytest.approx(0.8)
     assert choose_threshold([1, 1], [0.2, 0.9]) == 0.5  # one class: no information
 
 
