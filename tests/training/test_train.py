@@ -22,11 +22,13 @@ from app.training.attack_set import attack_set, read_jsonl
 from app.training.common import RunRecord, choose_threshold, load_checkpoint, load_trained
 from app.training.evaluate import evaluate
 from app.training.publish import publish
+from app.training.sbi import canonical_landmarks
 from app.training.train_adversarial import train_adversarial
 from app.training.train_detector import Augment, train_detector
 
 SIDE = 48
 EPS = 16 / 255
+LANDMARKS = np.round(canonical_landmarks(SIDE), 1).tolist()
 TINY_ATTACKS = {
     "pgd": {"iters": 5},
     "apgd": {"iters": 4, "restarts": 1},
@@ -50,7 +52,8 @@ def _crop(rng: np.random.Generator, base: np.ndarray, fake: bool, frame: int) ->
 
 
 def build_tiny_dataset(root: Path, identities: int = 10, per: int = 2) -> None:
-    """~40 crops in the crop-dataset format; splits by identity (6 train, 2 val, 2 test)."""
+    """~40 crops in the crop-dataset format; splits by identity (6 train, 2 val, 2 test).
+    Every crop carries 5 landmarks, as ``prepare`` writes them (online SBI needs them)."""
     rng = np.random.default_rng(0)
     rows = []
     for i in range(identities):
@@ -65,7 +68,7 @@ def build_tiny_dataset(root: Path, identities: int = 10, per: int = 2) -> None:
                 rows.append({"path": rel, "label": label, "split": split,
                              "source": f"id{i}-{'sbi' if label else 'original'}",
                              "identity": f"id{i}", "method": "sbi" if label else "original",
-                             "frame": f})
+                             "frame": f, "landmarks": LANDMARKS})
     (root / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "dataset.json").write_text(json.dumps({"format": "dfshield-crops/1"}))
 
