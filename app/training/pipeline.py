@@ -16,6 +16,7 @@ skipped on re-run (``resume``), and interrupted training stages resume from ``la
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -24,7 +25,14 @@ from typing import Any
 
 from app.config import REPO_ROOT
 from app.training.attack_set import attack_set
-from app.training.common import RECORD_NAME, ProgressFn, RunRecord, no_progress, pick_device
+from app.training.common import (
+    RECORD_NAME,
+    ProgressFn,
+    RunRecord,
+    atomic_write_text,
+    no_progress,
+    pick_device,
+)
 from app.training.data import read_meta
 from app.training.evaluate import evaluate
 from app.training.publish import publish
@@ -98,16 +106,39 @@ def preset_config(preset: str, overrides: dict[str, dict[str, Any]] | None = Non
     return cfg
 
 
-def _done(run_dir: Path) -> bool:
-    path = run_dir / RECORD_NAME
-    return path.is_file() and RunRecord.load(run_dir).get("status") == "done"
+LINEAGE_NAME = "lineage.json"
 
 
-def _stage(name: str, stage_dir: Path, resume: bool, fn: Any, /, **kwargs: Any) -> Any:
-    """Run one stage unless ``resume`` and it already finished; logs its wall time."""
-    if resume and _done(stage_dir):
+def _stamp(path: Path) -> str | None:
+    """When the run (or crop dataset) at ``path`` was finished: its identity as an input."""
+    if (path / RECORD_NAME).is_file():
+        return RunRecord.load(path).get("finished")
+    return read_meta(path).get("created")
+
+
+def _same_lineage(stage_dir: Path, lineage: dict[str, str | None]) -> bool:
+    path = stage_dir / LINEAGE_NAME
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8")) == lineage
+
+
+def _stage(name: str, stage_dir: Path, resume: bool, inputs: list[Path], fn: Any, /,
+           **kwargs: Any) -> Any:
+    """Run one stage unless ``resume`` and it is done *from the inputs there now*.
+
+    ``lineage.json`` (written before the stage runs) names each input and when it finished.
+    A stage left by another run (a reused report folder) or older than a retrained input is
+    redone from scratch: its own checkpoints are not resumed either.
+    """
+    lineage = {str(p): _stamp(p) for p in inputs}
+    same = resume and _same_lineage(stage_dir, lineage)
+    if same and (stage_dir / RECORD_NAME).is_file() and \
+            RunRecord.load(stage_dir).get("status") == "done":
         log.info("stage %s: already done in %s, skipped", name, stage_dir)
         return RunRecord.load(stage_dir).data
+    if "resume" in kwargs:
+        kwargs["resume"] = same
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stage_dir / LINEAGE_NAME, json.dumps(lineage, indent=2) + "\n")
     t0 = time.perf_counter()
     out = fn(**kwargs)
     log.info("stage %s: %.1f s", name, time.perf_counter() - t0)
@@ -182,22 +213,24 @@ def train_all(
     common = {"seed": seed, "device": device, "progress": progress}
     g_dir = out_dir / "detector"
     _timed(record, "detector", lambda: _stage(
-        "detector", g_dir, resume, train_detector, data_root=root, run_dir=g_dir,
+        "detector", g_dir, resume, [root], train_detector, data_root=root, run_dir=g_dir,
         resume=resume, **cfg["detector"], **common))
     g2_dir = None
     if cfg["transfer_detector"]:
         g2_dir = out_dir / "detector_transfer"
         _timed(record, "detector_transfer", lambda: _stage(
-            "detector_transfer", g2_dir, resume, train_detector, data_root=root,
+            "detector_transfer", g2_dir, resume, [root], train_detector, data_root=root,
             run_dir=g2_dir, resume=resume, **cfg["transfer_detector"], **common))
     att_dir = out_dir / "attacks" / cfg["attack"]["attack"]
     _timed(record, "attack", lambda: _stage(
-        "attack", att_dir, resume, attack_set, data_root=root, detector=g_dir, out=att_dir,
+        "attack", att_dir, resume, [root, g_dir], attack_set, data_root=root, detector=g_dir,
+        out=att_dir,
         **cfg["attack"], **common))
     d_dirs = _train_ds(cfg["adversarial"], out_dir, att_dir, g_dir, resume, common, record)
     ev = cfg["evaluate"]
     _timed(record, "evaluate", lambda: _stage(
-        "evaluate", report_dir, resume, evaluate, data_root=root, detector_run=g_dir,
+        "evaluate", report_dir, resume, [root, g_dir, *d_dirs, *([g2_dir] if g2_dir else [])],
+        evaluate, data_root=root, detector_run=g_dir,
         adversarial_runs=d_dirs, out_dir=report_dir, transfer_detector_run=g2_dir,
         notes=cfg["notes"], **ev, **common))
     published = None
@@ -227,7 +260,8 @@ def _train_ds(
         for mode in cfg["modes"]:
             run = out_dir / "adversarial" / f"{xai}-{mode}"
             _timed(record, f"adversarial {xai}-{mode}", lambda run=run, xai=xai, mode=mode:
-                   _stage(f"adversarial {xai}-{mode}", run, resume, train_adversarial,
+                   _stage(f"adversarial {xai}-{mode}", run, resume, [att_dir, g_dir],
+                          train_adversarial,
                           attack_root=att_dir, run_dir=run, detector=g_dir, xai=xai,
                           mode=mode, resume=resume, **stage_kw, **common))
             d_dirs.append(run)

@@ -310,6 +310,17 @@ def test_train_all_runs_every_stage_and_resumes(work: Path, tmp_path: Path) -> N
     seen.clear()
     train_all(**kw, do_publish=False)
     assert not any(s.startswith(("detector epoch", "attack", "adversarial")) for s in seen)
+    # A retrained g makes everything downstream of it stale: redone, g itself is not.
+    g_rec = RunRecord.load(tmp_path / "run" / "detector")
+    g_rec.update(finished="2000-01-01T00:00:00+00:00")
+    seen.clear()
+    train_all(**kw, do_publish=False)
+    assert not any(s.startswith("detector epoch") for s in seen)
+    assert "attack pgd" in seen and any(s.startswith("adversarial") for s in seen)
+    # lineage.json is written only when a stage runs: the report was made again, from this g.
+    lineage = json.loads((tmp_path / "report" / "lineage.json").read_text())
+    assert lineage[str(tmp_path / "run" / "detector")] == "2000-01-01T00:00:00+00:00"
+    assert RunRecord.load(tmp_path / "report")["status"] == "done"
 
 
 def test_train_all_refuses_full_preset_without_data(tmp_path: Path) -> None:
