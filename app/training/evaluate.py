@@ -3,7 +3,8 @@
 (a) g's precision per class, per frame (F2F) and per video (Vid), clean and under each attack;
 (b) d's accuracy per attack x XAI method (fine-tuned / frozen) and the PGD-B ablation;
 (c) ROC curves; (d) transfer to a second detector; (e) adaptive attacks (eq. 3 / eq. 4);
-(f) time and peak memory per face. Every attacked crop is rounded to uint8 (what a video or PNG
+(f) time and peak memory per face; (g) the served pipeline end to end on the dataset's videos.
+Every attacked crop is rounded to uint8 (what a video or PNG
 carries, and what the service receives) and re-judged by g before it counts as attacked.
 g's clean metrics use the whole split; all attacks hit the same random subset of its fakes
 (``limit``; reals ``limit_real``), so rows compare.
@@ -48,6 +49,7 @@ from app.training.common import (
     timed,
 )
 from app.training.data import read_index
+from app.training.e2e import video_end_to_end
 from app.training.overhead import measure_overhead
 from app.training.report import frame_video_precision, group_detection, write_report
 from app.training.train_detector import predict_p_fake
@@ -293,6 +295,7 @@ def evaluate(
     batch_size: int = 32,
     timing_batch: int = 8,
     timing_repeats: int = 5,
+    video_frames: int = 16,
     seed: int = 0,
     device: str = "auto",
     notes: Sequence[str] = (),
@@ -335,6 +338,9 @@ def evaluate(
     with timed(record, "adaptive"):
         report["adaptive"] = _adaptive(suite, ds, adaptive, overrides, batch_size, seed,
                                        progress)
+    with timed(record, "videos"):
+        report["videos"] = video_end_to_end(data_root, g, tau, primary_d(ds), dev,
+                                            max_frames=video_frames, progress=progress)
     with timed(record, "overhead"):
         report["overhead"] = measure_overhead(
             g, primary.model if (primary := primary_d(ds)) else None, XAI_METHODS,

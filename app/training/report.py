@@ -230,6 +230,25 @@ def _section_adaptive(rep: dict[str, Any]) -> list[str]:
                            "d flags real-called"], rows)
 
 
+def _section_videos(rep: dict[str, Any]) -> list[str]:
+    ve = rep.get("videos", {})
+    lines = ["## (g) End to end on videos (the served pipeline)", ""]
+    if ve.get("status") != "ok":
+        return lines + [f"not run: {ve.get('reason', 'skipped')}", ""]
+    acc, every = ve["accuracy"], ve["accuracy_all"]
+    lines += [f"MTCNN → g → {ve['xai']} → d → verdicts, exactly as `dfshield analyze` runs them, "
+              f"on {ve['max_frames']} frames per video; a fake counts as caught when called "
+              f"fake or attacked. Held-out identities ({' + '.join(acc['splits'])}): "
+              f"{_pct(acc['all'])} of {acc['n']} videos (real {_pct(acc['real'])}, fake "
+              f"{_pct(acc['fake'])}); all videos: {_pct(every['all'])} of {every['n']}.", ""]
+    rows = [[v["path"], v["split"], "fake" if v["label"] else "real", v["verdict"],
+             " / ".join(str(v["frames"][k]) for k in ("real", "fake", "attacked", "no_face")),
+             _num(v["p_fake_median"], ".3f"), "yes" if v["correct"] else "**no**"]
+            for v in ve["videos"]]
+    return lines + _table(["video", "split", "truth", "verdict", "frames real/fake/att/none",
+                           "median p_fake", "correct"], rows) + [""]
+
+
 def _section_overhead(rep: dict[str, Any]) -> list[str]:
     ov = rep["overhead"]
     lines = ["## (f) Computational overhead (Table 9 shape)", "",
@@ -267,7 +286,7 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
     md += _section_detector(report) + _section_adversarial(report, attacks)
     md += ["## (c) ROC curves", "", *(f"![{f}]({f})" for f in files), ""]
     md += _section_transfer(report, attacks) + [""] + _section_adaptive(report)
-    md += _section_overhead(report)
+    md += _section_overhead(report) + [""] + _section_videos(report)
     slack = report.get("margin_slack")
     md += ["## Attack budgets and notes", "", *(f"- {n}" for n in report.get("notes", [])),
            f"- success = g calls the uint8-rounded crop real (p_fake < tau_fake); attacks with "

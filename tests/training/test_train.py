@@ -25,6 +25,7 @@ from app.training.publish import publish
 from app.training.sbi import canonical_landmarks
 from app.training.train_adversarial import train_adversarial
 from app.training.train_detector import Augment, train_detector
+from tests.mediagen import DATA_DIR, clip_from_image
 
 SIDE = 48
 EPS = 16 / 255
@@ -81,10 +82,24 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+def add_videos(root: Path) -> None:
+    """Two test-split videos in dataset.json, as demo-data lists them: one portrait clip stored
+    twice, labelled real and fake (same bytes, so exactly one verdict can be right)."""
+    (root / "videos").mkdir()
+    clip = clip_from_image(DATA_DIR / "obama.jpg", root / "videos" / "real_obama.mp4",
+                           seconds=0.8, fps=5.0, size=(240, 300))
+    (root / "videos" / "fake_obama.mp4").write_bytes(clip.read_bytes())
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["videos"] = [{"path": f"videos/{kind}_obama.mp4", "identity": "obama", "split": "test",
+                       "label": label, "frames": 4} for label, kind in ((0, "real"), (1, "fake"))]
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train")
     build_tiny_dataset(root / "data")
+    add_videos(root / "data")
     return root
 
 
@@ -217,7 +232,7 @@ def test_evaluate_writes_report_sections(
                    batch_size=8, timing_batch=2, timing_repeats=1, device="cpu")
     md = (out / "report.md").read_text()
     for heading in ("## Targets", "## (a)", "## (b)", "## (c) ROC", "## (d) Transfer",
-                    "## (e) Adaptive", "## (f) Computational overhead"):
+                    "## (e) Adaptive", "## (f) Computational overhead", "## (g) End to end"):
         assert heading in md
     assert data_transfer_ok(out)
     assert (out / "roc_detector.png").stat().st_size > 1000
@@ -233,6 +248,15 @@ def test_evaluate_writes_report_sections(
     assert set(data["adaptive"]["rows"]) == {"adaptive_eq3/pgd", "adaptive_eq3/fgsm",
                                              "adaptive_eq4/pgd", "adaptive_eq4/fgsm"}
     assert data["budgets"]["square"]["max_queries"] == 10
+    videos = data["videos"]
+    assert videos["status"] == "ok" and len(videos["videos"]) == 2
+    real, fake = videos["videos"]
+    for row in (real, fake):  # MTCNN found the face in every sampled frame of the clip
+        assert row["frames"]["no_face"] == 0 and sum(row["frames"].values()) == 4
+    # Same bytes, same verdict; it is right for exactly one of the two labels.
+    assert real["verdict"] == fake["verdict"] and real["correct"] != fake["correct"]
+    assert videos["accuracy"] == {"splits": ["test", "val"], "n": 2, "all": 0.5,
+                                  "real": float(real["correct"]), "fake": float(fake["correct"])}
 
 
 def data_transfer_ok(out: Path) -> bool:
