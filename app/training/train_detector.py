@@ -42,6 +42,7 @@ from app.training.common import (
     set_rng_state,
 )
 from app.training.data import read_index, read_meta
+from app.training.mask_head import MaskHead
 from app.training.online_sbi import SelfBlendPairs, flatten_pairs
 
 log = logging.getLogger("dfshield.training")
@@ -103,14 +104,34 @@ class Augment:
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255.0
 
 
-def _augmenter(augment: bool | dict[str, Any]) -> Augment | None:
-    """``True``: default augmentation; a dict: Augment's probabilities/ranges; ``False``: none."""
-    if isinstance(augment, dict):
-        return Augment(**augment)
-    return Augment() if augment else None
+class JpegAt:
+    """Deterministic JPEG round trip at one quality, on [3,H,W] in [0,1] (robust validation:
+    an upload re-encoded once more must not flip g's decisions)."""
+
+    def __init__(self, quality: int) -> None:
+        self.quality = quality
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        img = (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255.0
+
+
+def _augmenter(augment: bool | dict[str, Any], flip: bool = True) -> Augment | None:
+    """``True``: default augmentation; a dict: Augment's probabilities/ranges; ``False``: none.
+    ``flip=False``: no flip (online SBI pairs flip themselves, masks included)."""
+    if not augment:
+        return None
+    kw = dict(augment) if isinstance(augment, dict) else {}
+    return Augment(**(kw if flip else {**kw, "p_flip": 0.0}))
 
 
 def split_records(root: Path, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+    if not (Path(root) / "index.jsonl").is_file():
+        raise FileNotFoundError(f"{root} is not a crop dataset (no index.jsonl): make one with "
+                                "`dfshield train prepare` or `dfshield train demo-data`")
     recs = [r for r in read_index(root) if r["split"] == split]
     if not recs:
         raise ValueError(f"split {split!r} of {root} has no crops; check index.jsonl")
@@ -142,17 +163,23 @@ def _train_epoch(
     max_steps: int | None,
     progress: ProgressFn,
     stage: str,
+    mask_head: MaskHead | None = None,
+    mask_weight: float = 0.0,
 ) -> float:
+    """One epoch; with ``mask_head`` (online SBI batches carry blend masks) its loss, times
+    ``mask_weight``, joins the classification loss."""
     model.train()
     total, n = 0.0, 0
     steps = len(dl) if max_steps is None else min(len(dl), max_steps)
-    for step, (x, y, _) in enumerate(dl):
+    for step, (x, y, *extra) in enumerate(dl):
         if step >= steps:
             break
         x, y = flatten_pairs(x, y)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
+            if mask_head is not None and len(extra) > 1:
+                loss = loss + mask_weight * mask_head.loss(extra[1].flatten(0, 1))
         optimizer_step(loss, opt, scaler)
         total, n = total + float(loss.detach()) * len(y), n + len(y)
         progress(stage, step + 1, steps)
@@ -176,6 +203,12 @@ def train_detector(
     augment: bool | dict[str, Any] = True,
     workers: int = 0,
     online_sbi: bool = False,
+    blend_scale: tuple[float, float] = (1.0, 1.0),
+    p_soften: float = 0.0,
+    warmup_epochs: int = 0,
+    warmup_augment: bool | dict[str, Any] = False,
+    val_jpeg: int | None = None,
+    mask_weight: float = 0.0,
     resume: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -183,6 +216,11 @@ def train_detector(
 
     ``online_sbi``: train on the real crops only, each paired with a fresh self-blended fake
     (``online_sbi.py``); validation and test still use the dataset's stored fakes.
+    ``warmup_epochs``: a curriculum, the first epochs with ``warmup_augment`` and no softening
+    (blend cues are learnt on clean pairs first, then kept through compression and blur).
+    ``val_jpeg``: also score the val crops re-encoded at this JPEG quality; the best epoch
+    is then the one with the best mean of the clean and the re-encoded AUC.
+    ``mask_weight`` > 0 (online SBI only): also learn where the blend is (``mask_head.py``).
     """
     args = {k: v for k, v in locals().items() if k != "progress"}
     progress = progress or no_progress
@@ -193,33 +231,51 @@ def train_detector(
     size = model.input_size
     train_recs = split_records(data_root, "train", limit_train)
     val_recs = split_records(data_root, "val")
-    train_dl = _train_loader(data_root, train_recs, size, augment, online_sbi, batch_size,
-                             workers, seed)
+
+    def train_loader_for(warm: bool) -> torch.utils.data.DataLoader:
+        return _train_loader(data_root, train_recs, size, warmup_augment if warm else augment,
+                             online_sbi, batch_size, workers, seed, tuple(blend_scale),
+                             0.0 if warm else p_soften)
+
     val_dl = loader(CropFiles(data_root, val_recs, size), batch_size, workers)
-    opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
+    val_jpeg_dl = None if val_jpeg is None else loader(
+        CropFiles(data_root, val_recs, size, JpegAt(val_jpeg)), batch_size, workers)
+    mask_head = MaskHead(model.net).to(dev) if online_sbi and mask_weight > 0 else None
+    params = [*model.net.parameters(), *(mask_head.parameters() if mask_head else [])]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     scaler = make_scaler(dev, amp)
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad": 0, "history": []}
     if resume and (run_dir / LAST_NAME).is_file():
-        state = _restore(run_dir / LAST_NAME, model, opt, sched, scaler)
+        state = _restore(run_dir / LAST_NAME, model, opt, sched, scaler, mask_head)
         log.info("resuming %s at epoch %d", run_dir, state["epoch"])
     record = RunRecord.start(run_dir, "detector", args, seed)
     record.update(arch=arch, arch_kwargs={}, input_size=size, device=str(dev),
                   data=_data_info(data_root, train_recs, val_recs))
     t_start = time.perf_counter()
+    phase, train_dl = None, None
     for epoch in range(state["epoch"], epochs):
         if state["bad"] >= patience:
             break
+        if phase != (epoch < warmup_epochs):
+            phase = epoch < warmup_epochs
+            train_dl = train_loader_for(phase)
         t0 = time.perf_counter()
         loss = _train_epoch(model, train_dl, opt, scaler, dev, amp, max_steps_per_epoch,
-                            progress, f"detector epoch {epoch + 1}/{epochs}")
+                            progress, f"detector epoch {epoch + 1}/{epochs}", mask_head,
+                            mask_weight)
         sched.step()
         y, p = predict_p_fake(model, val_dl, dev, amp)
         auc = safe_auc(y, p)
         acc = float(((p >= 0.5) == y).mean())
         score = auc if auc is not None else acc
-        row = {"epoch": epoch + 1, "train_loss": loss, "val_auc": auc, "val_acc": acc,
-               "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)}
+        row = {"epoch": epoch + 1, "train_loss": loss, "val_auc": auc, "val_acc": acc}
+        if val_jpeg_dl is not None:
+            auc_jpeg = safe_auc(*predict_p_fake(model, val_jpeg_dl, dev, amp))
+            row["val_auc_jpeg"] = auc_jpeg
+            score = (score + (auc_jpeg if auc_jpeg is not None else score)) / 2
+        row.update(score=score, lr=sched.get_last_lr()[0],
+                   seconds=round(time.perf_counter() - t0, 2))
         state["history"].append(row)
         log.info("detector %s", row)
         if score > state["best"]:
@@ -229,9 +285,11 @@ def train_detector(
         else:
             state["bad"] += 1
         state["epoch"] = epoch + 1
-        _save_last(run_dir / LAST_NAME, model, opt, sched, scaler, state)
+        _save_last(run_dir / LAST_NAME, model, opt, sched, scaler, state, mask_head)
         record.update(history=state["history"])
     record.add_timing("train", time.perf_counter() - t_start)
+    if mask_head is not None:
+        mask_head.remove()
     return _finish(record, model, run_dir, data_root, val_dl, dev, amp, batch_size, workers,
                    state)
 
@@ -239,6 +297,7 @@ def train_detector(
 def _train_loader(
     root: Path, recs: list[dict[str, Any]], size: int, augment: bool | dict[str, Any],
     online_sbi: bool, batch_size: int, workers: int, seed: int,
+    blend_scale: tuple[float, float] = (1.0, 1.0), p_soften: float = 0.0,
 ) -> torch.utils.data.DataLoader:
     """Stored crops with a class-balanced sampler, or reals + online self-blends in pairs
     (half the batch size in pairs, so a step still sees ``batch_size`` images)."""
@@ -246,7 +305,9 @@ def _train_loader(
         return loader(CropFiles(root, recs, size, _augmenter(augment)), batch_size, workers,
                       balanced_sampler([r["label"] for r in recs], seed),
                       drop_last=len(recs) > batch_size)
-    pairs = SelfBlendPairs(root, recs, size, _augmenter(augment))
+    flip = aug.p_flip if (aug := _augmenter(augment)) else 0.0
+    pairs = SelfBlendPairs(root, recs, size, _augmenter(augment, flip=False), blend_scale,
+                           p_soften, flip)
     per_step = max(1, batch_size // 2)
     sampler = torch.utils.data.RandomSampler(pairs, generator=torch.Generator().manual_seed(seed))
     return loader(pairs, per_step, workers, sampler, drop_last=len(pairs) > per_step)
@@ -287,11 +348,12 @@ def _save_last(
     sched: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     state: dict[str, Any],
+    mask_head: MaskHead | None = None,
 ) -> None:
     save_checkpoint(path, {
         "model": model.net.state_dict(), "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "state": state,
-        "rng": rng_state(),
+        "rng": rng_state(), "mask_head": mask_head.state_dict() if mask_head else None,
     })
 
 
@@ -301,9 +363,12 @@ def _restore(
     opt: torch.optim.Optimizer,
     sched: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
+    mask_head: MaskHead | None = None,
 ) -> dict[str, Any]:
     ckpt = load_checkpoint(path, next(model.parameters()).device)
     model.net.load_state_dict(ckpt["model"])
+    if mask_head is not None and ckpt.get("mask_head"):
+        mask_head.load_state_dict(ckpt["mask_head"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])

@@ -13,6 +13,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
+from app.models.registry import create_model
 from app.training.data import CropDataset, add_self_blends, load_rgb, prepare, read_index, read_meta
 from app.training.online_sbi import SelfBlendPairs
 from app.training.sources import discover_ffpp, identity_split, split_for
@@ -252,14 +253,18 @@ def test_online_self_blend_pairs_differ_only_by_the_blend(prepared) -> None:
     pairs = SelfBlendPairs(root, rows, CROP)
     assert len(pairs) == sum(r["label"] == 0 for r in rows)  # reals only, fakes are made
     torch.manual_seed(0)
-    x, y, i = pairs[0]
+    x, y, i, masks = pairs[0]
     assert x.shape == (2, 3, CROP, CROP) and y.tolist() == [0, 1] and i == 0
     stored = torch.from_numpy(load_rgb(root / pairs.records[0]["path"])).permute(2, 0, 1) / 255
     assert torch.allclose(x[0], stored, atol=1 / 255)  # the real half is the stored real
     diff = (x[1] - x[0]).abs().sum(0)
     assert float(diff.max()) > 0.05  # the fake carries a blend ...
     assert float(diff[:4, :4].max()) == 0.0 == float(diff[:4, -4:].max())  # ... not in corners
-    again, _, _ = pairs[0]
+    # The masks say where: none on the real, peak 1 on the fake, and nothing changed outside.
+    assert masks.shape == (2, 1, CROP, CROP) and float(masks[0].abs().max()) == 0.0
+    assert float(masks[1].max()) == pytest.approx(1.0)
+    assert float(diff[masks[1, 0] == 0].max()) == 0.0
+    again, *_ = pairs[0]
     assert not torch.equal(again[1], x[1])  # a fresh self-blend on every draw
     # A random transform makes the same draws for both halves (same flip, same brightness).
     def jitter(t: torch.Tensor) -> torch.Tensor:
@@ -269,10 +274,34 @@ def test_online_self_blend_pairs_differ_only_by_the_blend(prepared) -> None:
     jittered = SelfBlendPairs(root, rows, CROP, transform=jitter)
     corners = set()
     for _ in range(6):
-        jx, _, _ = jittered[0]
+        jx, *_ = jittered[0]
         assert torch.equal(jx[0][:, :4, :4], jx[1][:, :4, :4])
         corners.add(round(float(jx[0][:, :4, :4].sum()), 3))
     assert len(corners) > 1  # ... and the draws do change from item to item
+
+
+def test_online_pairs_flip_images_and_mask_together(prepared) -> None:
+    root = prepared[0]
+    rows = read_index(root)
+    flipped = SelfBlendPairs(root, rows, CROP, p_flip=1.0)
+    x, _, _, masks = flipped[0]
+    stored = torch.from_numpy(load_rgb(root / flipped.records[0]["path"])).permute(2, 0, 1) / 255
+    assert torch.allclose(x[0], stored.flip(-1), atol=1 / 255)
+    diff = (x[1] - x[0]).abs().sum(0)
+    assert float(diff[masks[1, 0] == 0].max()) == 0.0  # the mask was flipped with the images
+
+
+def test_online_pairs_rescale_and_soften_before_blending(prepared) -> None:
+    root = prepared[0]
+    rows = read_index(root)
+    # Blended at 2x, then back to the crop size; softened reals keep their soft twin.
+    pairs = SelfBlendPairs(root, rows, CROP, blend_scale=(2.0, 2.0), p_soften=1.0)
+    x, _, _, masks = pairs[0]
+    assert x.shape == (2, 3, CROP, CROP) and masks.shape == (2, 1, CROP, CROP)
+    stored = torch.from_numpy(load_rgb(root / pairs.records[0]["path"])).permute(2, 0, 1) / 255
+    assert not torch.allclose(x[0], stored, atol=2 / 255)  # the real was softened
+    diff = (x[1] - x[0]).abs().sum(0)
+    assert float(diff.max()) > 0.05 and float(diff[:2, :2].max()) < 0.02
 
 
 def test_online_self_blending_trains_and_needs_landmarks(prepared, tmp_path: Path) -> None:
@@ -285,3 +314,26 @@ def test_online_self_blending_trains_and_needs_landmarks(prepared, tmp_path: Pat
     stripped = [{**r, "landmarks": None} for r in read_index(root)]
     with pytest.raises(ValueError, match="landmarks"):
         SelfBlendPairs(root, stripped, CROP)
+
+
+def test_online_sbi_curriculum_mask_head_and_jpeg_validation(prepared, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(prepared[0], root)
+    add_self_blends(root, per_real=1, seed=3)  # stored fakes in every split: val AUC exists
+    record = train_detector(root, tmp_path / "g", epochs=2, batch_size=4, online_sbi=True,
+                            warmup_epochs=1, warmup_augment=False, p_soften=0.5,
+                            mask_weight=1.0, val_jpeg=75, device="cpu", amp=False,
+                            max_steps_per_epoch=2)
+    assert record["status"] == "done" and len(record["history"]) == 2
+    for row in record["history"]:  # the best epoch is chosen on clean + re-encoded val AUC
+        assert row["score"] == pytest.approx((row["val_auc"] + row["val_auc_jpeg"]) / 2)
+    last = torch.load(tmp_path / "g" / "last.pt", weights_only=False)
+    assert last["mask_head"] is not None  # resumable with its head ...
+    best = torch.load(tmp_path / "g" / "best.pt", weights_only=False)
+    served = set(create_model("resnet10t_df").net.state_dict())
+    assert set(best["model"]) == served  # ... and g is saved without it
+    resumed = train_detector(root, tmp_path / "g", epochs=3, batch_size=4, online_sbi=True,
+                             warmup_epochs=1, warmup_augment=False, p_soften=0.5,
+                             mask_weight=1.0, val_jpeg=75, device="cpu", amp=False,
+                             max_steps_per_epoch=2, resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
