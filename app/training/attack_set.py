@@ -333,3 +333,15 @@ def _row(
         "p_fake_before": round(p_before, 6), "p_fake_after": round(p_after, 6),
         "linf": round(linf, 6), "queries": queries,
     }
+
+
+def attack_budget(
+    name: str, overrides: dict[str, Any], tau: float = 0.5, slack: float = MARGIN_SLACK
+) -> dict[str, Any]:
+    """The attack's parameters as run: its defaults, the kappa set from tau, the overrides."""
+    params = inspect.signature(ATTACKS[name]).parameters
+    base = {k: p.default for k, p in params.items()
+            if p.default is not inspect.Parameter.empty and k != "detector"}
+    if "kappa" in base:
+        base["kappa"] = round(kappa_for(tau, slack), 4)
+    return {**base, **overrides}

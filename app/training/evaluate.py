@@ -12,7 +12,6 @@ g's clean metrics use the whole split; all attacks hit the same random subset of
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -28,11 +27,10 @@ from app.pipeline.explain import XAI_METHODS, Explainer
 from app.training.attack_set import (
     MARGIN_SLACK,
     AttackedBatch,
+    attack_budget,
     attack_crops,
-    kappa_for,
     p_fake_of,
 )
-from app.training.attacks import ATTACKS
 from app.training.common import (
     CropFiles,
     ProgressFn,
@@ -52,6 +50,7 @@ from app.training.data import read_index
 from app.training.e2e import video_end_to_end
 from app.training.overhead import measure_overhead
 from app.training.report import frame_video_precision, group_detection, write_report
+from app.training.robustness import robustness
 from app.training.train_detector import predict_p_fake
 
 log = logging.getLogger("dfshield.training")
@@ -132,18 +131,6 @@ def _select(records: list[dict[str, Any]], limit: int | None, seed: int) -> list
         return records
     idx = np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
     return [records[i] for i in idx]
-
-
-def attack_budget(
-    name: str, overrides: dict[str, Any], tau: float = 0.5, slack: float = MARGIN_SLACK
-) -> dict[str, Any]:
-    """The attack's parameters as run: its defaults, the kappa set from tau, the overrides."""
-    params = inspect.signature(ATTACKS[name]).parameters
-    base = {k: p.default for k, p in params.items()
-            if p.default is not inspect.Parameter.empty and k != "detector"}
-    if "kappa" in base:
-        base["kappa"] = round(kappa_for(tau, slack), 4)
-    return {**base, **overrides}
 
 
 def build_suite(
@@ -238,7 +225,8 @@ def clean_detector(
     g: nn.Module, tau: float, root: Path, recs: list[dict[str, Any]], batch_size: int,
     dev: torch.device,
 ) -> dict[str, Any]:
-    """Table 1 on the FULL split (a forward pass each): precision per class, AUC per method."""
+    """Table 1 on the FULL split (a forward pass each): precision per class, AUC per method,
+    and the same crops re-encoded or softened (``robustness.py``)."""
     dl = loader(CropFiles(root, recs, g.input_size), batch_size)
     y, p = predict_p_fake(g, dl, dev, amp=False)
     out = frame_video_precision(recs, y, p, tau)
@@ -249,6 +237,7 @@ def clean_detector(
         for m in sorted(set(methods[y == 1]))
     }
     out["roc"] = (y, p)
+    out["robustness"] = robustness(g, tau, root, recs, batch_size, dev)
     return out
 
 

@@ -140,6 +140,17 @@ def _roc_png(path: Path, title: str, curves: dict[str, tuple[np.ndarray, np.ndar
     return True
 
 
+def _robustness_lines(rob: dict[str, Any] | None) -> list[str]:
+    if not rob:
+        return []
+    rows = [[name, _num(v["auc"]), _pct(v["false_alarm"]), _pct(v["miss"]),
+             _num(v["p_fake_real_median"], ".3f")] for name, v in rob["rows"].items()]
+    return ["Robustness: the same crops, reals and fakes alike, re-encoded or softened "
+            f"(down- then up-sampled); rates at tau_fake = {rob['tau']:.4f}:", "",
+            *_table(["condition", "AUC", "false alarms (reals called fake)", "misses",
+                     "median p_fake of reals"], rows)]
+
+
 def _section_detector(rep: dict[str, Any]) -> list[str]:
     det, arch = rep["detector"], rep["models"]["detector"]["arch"]
     c = det["clean"]
@@ -151,6 +162,7 @@ def _section_detector(rep: dict[str, Any]) -> list[str]:
         _pct(c["vid"]["precision_fake"]), _pct(c["f2f"]["precision_fake"])]])
     lines += ["AUC per fake method: " + ", ".join(
         f"{m} {_num(v)}" for m, v in c["auc_by_method"].items()), ""]
+    lines += _robustness_lines(c.get("robustness"))
     lines += ["Under attack: share of the attacked fakes g still calls fake (the paper's "
               "'precision' on an all-fake set), after uint8 rounding:", ""]
     rows = [[a, _pct(v["vid"]), _pct(v["f2f"]), str(v["attack"]["n_attacked"]),

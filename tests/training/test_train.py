@@ -238,6 +238,10 @@ def test_evaluate_writes_report_sections(
     assert (out / "roc_detector.png").stat().st_size > 1000
     data = json.loads((out / "report.json").read_text())
     assert set(data["detector"]["attacked"]) == {"pgd", "fgsm", "apgd", "nes", "square"}
+    rob = data["detector"]["clean"]["robustness"]
+    assert set(rob["rows"]) == {"as stored", "JPEG q90", "JPEG q75", "soft x0.5"}
+    assert rob["rows"]["as stored"]["auc"] == pytest.approx(data["detector"]["clean"]["auc"])
+    assert "Robustness: the same crops" in md
     assert {"pgd", "pgd_b"} <= set(data["adversarial"]["saliency/finetune"])
     assert [t["name"] for t in data["targets"]][0].startswith("g AUC")
     assert all(isinstance(t["pass"], bool) for t in rep["targets"])
