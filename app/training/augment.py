@@ -40,8 +40,8 @@ def colour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def quality(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Blur, resampling, noise (each sometimes), then JPEG at quality 40-95 (mostly)."""
+def quality(img: np.ndarray, rng: np.random.Generator, p_jpeg: float = 0.9) -> np.ndarray:
+    """Blur, resampling, noise (each sometimes), then JPEG at quality 40-95 (``p_jpeg``)."""
     h, w = img.shape[:2]
     if rng.random() < 0.25:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.2))
@@ -52,7 +52,7 @@ def quality(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.25:
         noise = rng.normal(0.0, rng.uniform(1.0, 6.0), size=img.shape)
         img = np.clip(img + noise, 0, 255).astype(np.uint8)
-    if rng.random() < 0.9:
+    if rng.random() < p_jpeg:
         ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY,
                                                         int(rng.integers(40, 96))])
         if ok:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -202,5 +203,7 @@ def test_tiny_demo_build(tmp_path: Path) -> None:
     for v in videos:
         src = open_media(out / v["path"], MediaLimits(), max_frames=8)
         assert len(list(src)) == v["frames"] == 4
+        with av.open(str(out / v["path"])) as container:  # H.264, as platforms receive video
+            assert container.streams.video[0].codec_context.name == "h264"
     with pytest.raises(FileExistsError):
         build_demo(out, DATA_DIR, crop_size=48, per_identity=2, lfw_people=6)
