@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,11 +46,27 @@ def stage_progress(label: str) -> Iterator[Callable[[str, int, int | None], None
         yield update
 
 
+def user_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """Bad input (a missing dataset, an empty split, a run dir of the wrong kind) ends the
+    command with one line ``error: …`` and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+
+    return run
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     console.print_json(json.dumps(summary, default=str))
 
 
 @train_app.command()
+@user_errors
 def prepare(
     source: Annotated[Path, typer.Argument(help="FF++ root, or a folder with real/ + fake/")],
     out: Annotated[Path, typer.Argument(help="crop dataset folder to write (resumable)")],
@@ -78,6 +95,7 @@ def prepare(
 
 
 @train_app.command("demo-data")
+@user_errors
 def demo_data(
     out: Annotated[Path, typer.Argument(help="demo corpus folder")] = Path("runs/demo-data"),
     media_dir: Annotated[Path, typer.Option(help="real media to draw faces from")] = DEFAULT_MEDIA,
@@ -100,6 +118,7 @@ SeedOpt = Annotated[int, typer.Option(help="random seed")]
 
 
 @train_app.command()
+@user_errors
 def detector(
     data: Annotated[Path, typer.Argument(help="crop dataset (prepare / demo-data)")],
     run_dir: Annotated[Path, typer.Argument(help="where checkpoints and the record go")],
@@ -112,6 +131,14 @@ def detector(
     device: DeviceOpt = "auto",
     online_sbi: Annotated[bool, typer.Option(
         help="train on reals only, each paired with a fresh self-blended fake (SBI)")] = False,
+    mask_weight: Annotated[float, typer.Option(
+        min=0.0, help="with --online-sbi: weight of the blend-mask loss (0 = off)")] = 0.0,
+    p_soften: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="with --online-sbi: share of pairs made from a softened real")
+    ] = 0.0,
+    val_jpeg: Annotated[int | None, typer.Option(
+        min=1, max=100, help="also validate on val crops re-encoded at this JPEG quality")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
 ) -> None:
     """Train g; best checkpoint by full-validation AUC, tau_fake chosen on validation."""
@@ -120,11 +147,14 @@ def detector(
     with stage_progress("detector") as cb:
         record = train_detector(data, run_dir, arch=arch, epochs=epochs, batch_size=batch_size,
                                 lr=lr, patience=patience, seed=seed, device=device,
-                                online_sbi=online_sbi, resume=resume, progress=cb)
+                                online_sbi=online_sbi, mask_weight=mask_weight,
+                                p_soften=p_soften, val_jpeg=val_jpeg, resume=resume,
+                                progress=cb)
     _print_summary(record)
 
 
 @train_app.command()
+@user_errors
 def attack(
     data: Annotated[Path, typer.Argument(help="crop dataset")],
     detector_run: Annotated[Path, typer.Argument(help="run dir (or checkpoint) of g")],
@@ -145,6 +175,7 @@ def attack(
 
 
 @train_app.command()
+@user_errors
 def adversarial(
     attack_root: Annotated[Path, typer.Argument(help="attacked crop set (train attack)")],
     run_dir: Annotated[Path, typer.Argument(help="where checkpoints and the record go")],
@@ -170,6 +201,7 @@ def adversarial(
 
 
 @train_app.command()
+@user_errors
 def evaluate(
     data: Annotated[Path, typer.Argument(help="crop dataset (its test split is used)")],
     detector_run: Annotated[Path, typer.Argument(help="run dir of g")],
@@ -191,6 +223,7 @@ def evaluate(
 
 
 @train_app.command()
+@user_errors
 def publish(
     detector_run: Annotated[Path, typer.Argument(help="run dir of g")],
     adversarial_run: Annotated[Path, typer.Argument(help="run dir of d")],
@@ -207,6 +240,7 @@ def publish(
 
 
 @train_app.command("all")
+@user_errors
 def train_all_cmd(
     preset: Annotated[Literal["demo", "full"], typer.Option(help="demo: CPU corpus")] = "demo",
     out_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<time>)")] = None,
