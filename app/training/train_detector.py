@@ -217,7 +217,8 @@ def train_detector(
     ``online_sbi``: train on the real crops only, each paired with a fresh self-blended fake
     (``online_sbi.py``); validation and test still use the dataset's stored fakes.
     ``warmup_epochs``: a curriculum, the first epochs with ``warmup_augment`` and no softening
-    (blend cues are learnt on clean pairs first, then kept through compression and blur).
+    (blend cues are learnt on clean pairs first, then kept through compression and blur); the
+    best epoch is chosen among the later ones, and early stopping only counts those.
     ``val_jpeg``: also score the val crops re-encoded at this JPEG quality; the best epoch
     is then the one with the best mean of the clean and the re-encoded AUC.
     ``mask_weight`` > 0 (online SBI only): also learn where the blend is (``mask_head.py``).
@@ -278,11 +279,14 @@ def train_detector(
                    seconds=round(time.perf_counter() - t0, 2))
         state["history"].append(row)
         log.info("detector %s", row)
-        if score > state["best"]:
+        # Warm-up epochs never win: a clean-phase g scores well on the stored fakes yet is
+        # exactly what the second phase exists to improve on.
+        eligible = epoch >= warmup_epochs or warmup_epochs >= epochs
+        if eligible and score > state["best"]:
             state.update(best=score, best_epoch=epoch + 1, bad=0)
             save_checkpoint(run_dir / BEST_NAME, {"model": model.net.state_dict(),
                                                   "epoch": epoch + 1, "val_auc": auc})
-        else:
+        elif eligible:
             state["bad"] += 1
         state["epoch"] = epoch + 1
         _save_last(run_dir / LAST_NAME, model, opt, sched, scaler, state, mask_head)

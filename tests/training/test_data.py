@@ -325,6 +325,7 @@ def test_online_sbi_curriculum_mask_head_and_jpeg_validation(prepared, tmp_path:
                             mask_weight=1.0, val_jpeg=75, device="cpu", amp=False,
                             max_steps_per_epoch=2)
     assert record["status"] == "done" and len(record["history"]) == 2
+    assert record["best_epoch"] == 2  # a warm-up epoch is never the one kept
     for row in record["history"]:  # the best epoch is chosen on clean + re-encoded val AUC
         assert row["score"] == pytest.approx((row["val_auc"] + row["val_auc_jpeg"]) / 2)
     last = torch.load(tmp_path / "g" / "last.pt", weights_only=False)
