@@ -32,7 +32,9 @@ from app.models.wrappers import AdversarialDetector, Detector
 from app.schemas import ModelInfo, Thresholds
 
 MANIFEST_NAME = "manifest.json"
-PLACEHOLDER_HINT = "create placeholder weights with `uv run python -m app.models.placeholder DIR`"
+PLACEHOLDER_HINT = ("point DFSHIELD_MODELS_DIR at a folder with weights, train some with "
+                    "`uv run dfshield train all --preset demo --models-dir DIR`, or create "
+                    "placeholder weights with `uv run python -m app.models.placeholder DIR`")
 
 
 class ModelStoreError(Exception):

@@ -43,8 +43,8 @@ log = logging.getLogger("dfshield.training")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
-        # Measured on 2 CPU cores (2026-12): corpus ~1 min, g ~35 s/epoch, PGD set ~1 min,
-        # d ~30 s/epoch fine-tuned, evaluate ~10 min (NES and Square at the paper's budgets).
+        # Measured on 2 CPU cores (2026-12): corpus ~1 min, g ~25 s/epoch (early stop at 20),
+        # PGD set ~30 s, d ~3 min fine-tuned + ~1.5 min frozen, evaluate ~4 min.
         "data": {"crop_size": 128, "per_identity": 16, "lfw_people": 100, "pexels_frames": 32,
                  "n_videos": 6, "video_frames": 24},
         "detector": {"arch": "resnet10t_df", "epochs": 35, "batch_size": 32, "lr": 2e-3,
