@@ -94,3 +94,15 @@ def efficientnet_b4_st(drop_path_rate: float = 0.2) -> nn.Module:
 )
 def resnet10t_df(drop_rate: float = 0.0) -> nn.Module:
     return small_resnet_backbone(num_classes=2, drop_rate=drop_rate)
+
+
+@register_model(
+    "regnetx002_df",
+    "detector",
+    Preprocess(128, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "Second small detector, another family (timm RegNetX-200MF, grouped convs, ReLU, ~2.3 M "
+    "params): the demo's transfer target (Table 8)",
+)
+def regnetx002_df(drop_rate: float = 0.0) -> nn.Module:
+    net = timm.create_model("regnetx_002", pretrained=False, num_classes=2, drop_rate=drop_rate)
+    return disable_inplace_relu(net)

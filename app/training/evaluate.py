@@ -354,6 +354,8 @@ def _transfer(
     run_attacks(suite, attacks, overrides, batch_size, seed, progress)
     cells, _ = d_table(suite, ds, attacks, batch_size, pgd_b=False)
     return {"status": "ok", "target_detector": g2.spec.name, "run": str(run), "cells": cells,
+            "target_test_auc": rec2.get("metrics", {}).get("test", {}).get("auc"),
+            "fooled": {a: suite.results[a].stats() for a in attacks if a in suite.results},
             "maps_from": "target detector g2 (d deployed next to g2)"}
 
 

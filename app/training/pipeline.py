@@ -2,7 +2,8 @@
 
 Presets:
 - ``demo``: the offline demo corpus (self-blended / cross-blended fakes of redistributable
-  faces) at 128 px, the small CPU models (resnet10t_df, detect_resnet10t), Saliency d
+  faces) at 128 px, the small CPU models (resnet10t_df, detect_resnet10t; regnetx002_df as
+  the transfer target), Saliency d
   fine-tuned and frozen, evaluation at the paper's attack budgets on a subset of the test
   crops (written in the report). Sized for < 90 minutes on 2 CPU cores.
 - ``full``: the paper's settings on a user dataset (FF++ layout or real/ + fake/ folders, or an
@@ -41,21 +42,24 @@ from app.training.train_detector import train_detector
 
 log = logging.getLogger("dfshield.training")
 
+# The demo's g recipe, shared by its transfer target. Clean pairs first: blends are learnt
+# fast (with the mask head) before JPEG and blur, applied to both halves of a pair after the
+# blend, make g keep them through re-encoding. Without that second phase g lost most of its
+# AUC to one JPEG pass (0.69 at q75 on held-out crops).
+DEMO_G_RECIPE: dict[str, Any] = {
+    "epochs": 35, "batch_size": 32, "lr": 2e-3, "patience": 10, "online_sbi": True,
+    "mask_weight": 1.0, "warmup_epochs": 5, "warmup_augment": {"p_jpeg": 0.0, "p_blur": 0.0},
+    "augment": True}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
-        # Measured on 2 CPU cores (2026-12): corpus ~1 min, g ~25 s/epoch (early stop at 20),
-        # PGD set ~30 s, d ~3 min fine-tuned + ~1.5 min frozen, evaluate ~4 min.
+        # Measured on 2 CPU cores (2026-12): corpus ~10 s, g ~25 s/epoch (early stop at 20),
+        # PGD set ~30 s, d ~3 min fine-tuned + ~1.5 min frozen, evaluate ~4 min + transfer.
         "data": {"crop_size": 128, "per_identity": 16, "lfw_people": 100, "pexels_frames": 32,
                  "n_videos": 6, "video_frames": 24},
-        "detector": {"arch": "resnet10t_df", "epochs": 35, "batch_size": 32, "lr": 2e-3,
-                     "patience": 10, "online_sbi": True, "mask_weight": 1.0,
-                     # Clean pairs first: blends are learnt fast (with the mask head) before
-                     # JPEG and blur, applied to both halves of a pair after the blend, make
-                     # g keep them through re-encoding. Without that second phase g lost most
-                     # of its AUC to one JPEG pass (0.69 at q75 on held-out crops).
-                     "warmup_epochs": 5, "warmup_augment": {"p_jpeg": 0.0, "p_blur": 0.0},
-                     "augment": True},
-        "transfer_detector": None,
+        "detector": {"arch": "resnet10t_df", **DEMO_G_RECIPE},
+        # Another family (RegNet, grouped convs) for Table 8; ~16 s/epoch.
+        "transfer_detector": {"arch": "regnetx002_df", **DEMO_G_RECIPE},
         "attack": {"attack": "pgd", "batch_size": 32, "limit": 600, "limit_real": 600},
         "adversarial": {"arch": "detect_resnet10t", "xai": ["saliency"],
                         "modes": ["finetune", "frozen"], "epochs": 10, "batch_size": 32,
@@ -71,8 +75,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "fakes.",
             "attacks at the paper's budgets, on a random subset of 60 test fakes (those g "
             "calls fake are attacked) and 120 test reals.",
-            "only Saliency d is trained in the demo: other XAI columns read 'not run'; no "
-            "second detector is trained, so (d) transfer reads 'not run'.",
+            "only Saliency d is trained in the demo: other XAI columns read 'not run'. The "
+            "transfer target (d) is regnetx002_df, trained with g's recipe.",
         ],
     },
     "full": {

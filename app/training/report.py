@@ -238,7 +238,12 @@ def _section_transfer(rep: dict[str, Any], attacks: Sequence[str]) -> list[str]:
             [f"{rep['models']['detector']['arch']} → (second detector)",
              f"not run: {tr.get('reason', 'skipped')}"]])
     lines.append(f"d trained on {rep['models']['detector']['arch']} attacks, tested on attacks "
-                 f"against {tr['target_detector']}; maps from {tr['maps_from']}.")
+                 f"against {tr['target_detector']}; maps from {tr['maps_from']}. "
+                 f"{tr['target_detector']}: test AUC {_num(tr.get('target_test_auc'))}.")
+    fooled = tr.get("fooled", {})
+    if fooled:
+        lines += ["", *_table(["attack on target", "attacked", "fools it (uint8)"], [
+            [a, str(f["n_attacked"]), _pct(f["success_after_png"])] for a, f in fooled.items()])]
     for mode in sorted({k.split("/")[1] for k in tr["cells"]}):
         lines += ["", f"Mode: {mode}", "", *_xai_grid(tr["cells"], mode, attacks, False)]
     return lines

@@ -316,9 +316,11 @@ def test_train_all_runs_every_stage_and_resumes(work: Path, tmp_path: Path) -> N
     # g learns the tiny set's stored fakes (a bright ring) directly: one epoch of the preset's
     # online self-blends leaves it calling every face fake, so no attack set could be built.
     # Online SBI and the mask head have their own tests (test_data.py).
+    tiny_g = {"epochs": 2, "batch_size": 8, "online_sbi": False, "mask_weight": 0.0,
+              "warmup_epochs": 0}
     tiny = {
-        "detector": {"epochs": 2, "batch_size": 8, "online_sbi": False, "mask_weight": 0.0,
-                     "warmup_epochs": 0},
+        "detector": tiny_g,
+        "transfer_detector": tiny_g,  # the preset's arch (regnetx002_df), tiny budget
         "attack": {"limit": 6, "limit_real": 6, "batch_size": 8, "overrides": {"iters": 5}},
         "adversarial": {"epochs": 1, "batch_size": 8},
         "evaluate": {"limit": 3, "limit_real": 3, "batch_size": 8, "timing_batch": 2,
@@ -332,12 +334,14 @@ def test_train_all_runs_every_stage_and_resumes(work: Path, tmp_path: Path) -> N
     assert [Path(p).name for p in summary["adversarial_runs"]] == [
         "saliency-finetune", "saliency-frozen"]
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "not run: no second detector given" in md and len(summary["targets"]) == 4
+    assert "tested on attacks against regnetx002_df" in md and len(summary["targets"]) == 4
+    transfer = json.loads((tmp_path / "report" / "report.json").read_text())["transfer"]
+    assert transfer["status"] == "ok" and transfer["target_detector"] == "regnetx002_df"
     assert summary["published"]["adversarial"].endswith("saliency-finetune")
     assert load_manifest(tmp_path / "models").default.detector == summary["published"]["detector"]
     assert any(s.startswith("detector epoch") for s in seen) and "attack pgd" in seen
     timings = RunRecord.load(tmp_path / "run")["timings_s"]
-    assert {"detector", "attack", "evaluate", "publish"} <= set(timings)
+    assert {"detector", "detector_transfer", "attack", "evaluate", "publish"} <= set(timings)
     # Re-running resumes: every finished stage is skipped, nothing is trained again.
     seen.clear()
     train_all(**kw, do_publish=False)
