@@ -237,7 +237,7 @@ def clean_detector(
         for m in sorted(set(methods[y == 1]))
     }
     out["roc"] = (y, p)
-    out["robustness"] = robustness(g, tau, root, recs, batch_size, dev)
+    out["robustness"] = robustness(g, tau, root, recs, batch_size, dev, stored=(y, p))
     return out
 
 

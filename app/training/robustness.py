@@ -34,25 +34,28 @@ class Soften:
         return to_tensor(soften(to_uint8(x), self.factor))
 
 
-CONDITIONS: dict[str, Transform | None] = {
-    "as stored": None,
+CONDITIONS: dict[str, Transform] = {
     "JPEG q90": JpegAt(90),
     "JPEG q75": JpegAt(75),
     "soft x0.5": Soften(0.5),
 }
 
 
+def _row(y: np.ndarray, p: np.ndarray, tau: float) -> dict[str, Any]:
+    m = binary_metrics(y, p, tau)
+    return {"auc": m["auc"], "false_alarm": 1.0 - m["tnr"] if m["n_neg"] else None,
+            "miss": 1.0 - m["tpr"] if m["n_pos"] else None,
+            "p_fake_real_median": float(np.median(p[y == 0])) if m["n_neg"] else None}
+
+
 def robustness(
     g: nn.Module, tau: float, root: Path, recs: list[dict[str, Any]], batch_size: int,
-    dev: torch.device,
+    dev: torch.device, stored: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, Any]:
-    """AUC and false-alarm rate of g on ``recs`` under each of ``CONDITIONS``."""
-    rows = {}
+    """AUC and false-alarm rate of g on ``recs`` as stored (``stored`` = the labels and p_fake
+    the clean pass already computed) and under each of ``CONDITIONS``."""
+    rows = {"as stored": _row(*stored, tau)}
     for name, transform in CONDITIONS.items():
         dl = loader(CropFiles(root, recs, g.input_size, transform), batch_size)
-        y, p = predict_p_fake(g, dl, dev, amp=False)
-        m = binary_metrics(y, p, tau)
-        rows[name] = {"auc": m["auc"], "false_alarm": 1.0 - m["tnr"] if m["n_neg"] else None,
-                      "miss": 1.0 - m["tpr"] if m["n_pos"] else None,
-                      "p_fake_real_median": float(np.median(p[y == 0])) if m["n_neg"] else None}
+        rows[name] = _row(*predict_p_fake(g, dl, dev, amp=False), tau)
     return {"tau": tau, "n": len(recs), "rows": rows}

@@ -40,6 +40,8 @@ from app.training.common import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    to_tensor,
+    to_uint8,
 )
 from app.training.data import read_index, read_meta
 from app.training.mask_head import MaskHead
@@ -112,11 +114,9 @@ class JpegAt:
         self.quality = quality
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        img = (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+        img = to_uint8(x)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if ok:
-            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255.0
+        return to_tensor(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else img)
 
 
 def _augmenter(augment: bool | dict[str, Any], flip: bool = True) -> Augment | None:
