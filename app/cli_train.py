@@ -260,3 +260,43 @@ def train_all_cmd(
                             data_root=data, source=source, report_dir=report_dir, device=device,
                             seed=seed, do_publish=do_publish, progress=cb)
     _print_summary(summary)
+
+
+PORTRAITS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "grace_hopper.jpg")
+
+
+@train_app.command("import-backbone")
+@user_errors
+def import_backbone(
+    source: Annotated[Path, typer.Argument(
+        help="`npm pack @vladmandic/face-api@1.7.15` tarball, its unpacked folder, or "
+             "model/face_recognition_model-weights_manifest.json")],
+    models_dir: Annotated[Path, typer.Option(help="model store")] = REPO_ROOT / "models",
+    name: Annotated[str, typer.Option(help="manifest entry name")] = "",
+    check_media: Annotated[Path, typer.Option(
+        help="folder with the portraits used to check the conversion")] = DEFAULT_MEDIA,
+) -> None:
+    """Convert dlib's face-recognition ResNet (face-api's tfjs copy) into the model store.
+
+    Checks the conversion on the portraits (same person closer than different people, dlib's
+    0.6 rule) and publishes float16 safetensors with provenance; never downloads anything.
+    """
+    from app.models.backbone import DEFAULT_BACKBONE, import_faceapi
+    from app.models.faceapi_convert import ConversionError
+    from app.models.store import ModelStoreError
+
+    images = [check_media / n for n in PORTRAITS if (check_media / n).is_file()]
+    try:
+        entry, check = import_faceapi(source, models_dir, name or DEFAULT_BACKBONE,
+                                      images or None)
+    except (ConversionError, ModelStoreError) as exc:
+        raise ValueError(str(exc)) from exc
+    if check is None:
+        console.print("[yellow]warning:[/yellow] no portraits found: conversion not checked")
+    else:
+        same, other = check.pairs()
+        console.print(f"identity check ({len(check.names)} portraits): same person "
+                      f"{min(same):.3f}–{max(same):.3f}, different people "
+                      f"{min(other):.3f}–{max(other):.3f}; dlib's 0.6 rule "
+                      f"{'holds' if check.rule_holds else 'does NOT hold'}")
+    console.print(f"published backbone {entry!r} in {models_dir}")

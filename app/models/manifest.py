@@ -47,7 +47,7 @@ class PreprocessInfo(_Strict):
     input_size: int = Field(ge=8)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    class_names: tuple[str, str]
+    class_names: tuple[str, ...] = Field(max_length=2)
 
     @classmethod
     def from_preprocess(cls, p: Preprocess) -> PreprocessInfo:
@@ -69,6 +69,8 @@ class ManifestEntry(_Strict):
     onnx: OnnxArtifact | None = None
     preprocess: PreprocessInfo
     thresholds: dict[str, float]
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="storage precision of the safetensors file (loaded as float32)")
     trained: bool
     description: str = ""
     training: dict[str, Any] = Field(default_factory=dict, description="free-form provenance")
@@ -77,8 +79,8 @@ class ManifestEntry(_Strict):
 
     @model_validator(mode="after")
     def _thresholds_for_role(self) -> ManifestEntry:
-        key = THRESHOLD_KEY[self.role]
-        if key not in self.thresholds:
+        key = THRESHOLD_KEY.get(self.role)
+        if key is not None and key not in self.thresholds:
             raise ValueError(f"{self.role} entry {self.name!r} needs thresholds.{key}")
         if not all(0.0 <= v <= 1.0 for v in self.thresholds.values()):
             raise ValueError(f"thresholds of {self.name!r} must lie in [0, 1]")
@@ -87,6 +89,8 @@ class ManifestEntry(_Strict):
     @property
     def threshold(self) -> float:
         """The decision threshold for this role (tau_fake or tau_attacked)."""
+        if self.role not in THRESHOLD_KEY:
+            raise ValueError(f"{self.role} entry {self.name!r} has no decision threshold")
         return self.thresholds[THRESHOLD_KEY[self.role]]
 
 

@@ -11,7 +11,8 @@ from typing import Literal
 
 from torch import nn
 
-Role = Literal["detector", "adversarial"]
+# "backbone": a pretrained trunk that g and d start from; never served as g or d itself.
+Role = Literal["detector", "adversarial", "backbone"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -23,7 +24,7 @@ class Preprocess:
     input_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    class_names: tuple[str, str] = ("real", "fake")
+    class_names: tuple[str, ...] = ("real", "fake")  # () for a backbone (no classes)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def register_model(
 
 def _ensure_loaded() -> None:
     # Importing the architecture modules runs their @register_model decorators.
-    from app.models import adversarial, detectors  # noqa: F401
+    from app.models import adversarial, detectors, face_resnet  # noqa: F401
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -73,9 +74,10 @@ def list_models(role: Role | None = None) -> list[str]:
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
     """Build a wrapped model (resize + normalise inside), random init, eval mode, on CPU."""
-    from app.models.wrappers import AdversarialDetector, Detector
+    from app.models.wrappers import AdversarialDetector, Detector, Embedder
 
     spec = get_spec(name)
     net = spec.build(**kwargs)
-    wrapper_cls = Detector if spec.role == "detector" else AdversarialDetector
+    wrapper_cls = {"detector": Detector, "adversarial": AdversarialDetector,
+                   "backbone": Embedder}[spec.role]
     return wrapper_cls(spec, net).eval()

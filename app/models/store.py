@@ -32,6 +32,7 @@ from app.models.wrappers import AdversarialDetector, Detector
 from app.schemas import ModelInfo, Thresholds
 
 MANIFEST_NAME = "manifest.json"
+STORAGE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 PLACEHOLDER_HINT = ("point DFSHIELD_MODELS_DIR at a folder with weights, train some with "
                     "`uv run dfshield train all --preset demo --models-dir DIR`, or create "
                     "placeholder weights with `uv run python -m app.models.placeholder DIR`")
@@ -126,6 +127,8 @@ def load_model(
     listed = _listed_entry(load_manifest(models_dir), entry)
     check_entry(listed)
     state = load_safetensors(read_verified(models_dir, listed.file, listed.sha256))
+    # float16-stored weights compute in float32 like every other model.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model = create_model(listed.architecture)
     try:
         model.net.load_state_dict(state, strict=True)
@@ -262,10 +265,17 @@ def save_manifest(models_dir: Path, manifest: Manifest) -> None:
     _atomic_write(Path(models_dir) / MANIFEST_NAME, text.encode("utf-8"))
 
 
-def _state_bytes(net: nn.Module) -> bytes:
+def _state_bytes(net: nn.Module, dtype: str = "float32") -> bytes:
     # Clone: safetensors refuses tensors that share storage, and wants contiguous CPU memory.
-    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()}
+    cast = STORAGE_DTYPES[dtype]
+    state = {k: _stored(v.detach().to("cpu"), cast).clone().contiguous()
+             for k, v in net.state_dict().items()}
     return save_safetensors(state)
+
+
+def _stored(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # Only floating tensors shrink; BatchNorm's num_batches_tracked stays an integer.
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 def _resolve_net(model: nn.Module, architecture: str | None) -> tuple[nn.Module, ModelSpec]:
@@ -298,12 +308,15 @@ def write_entry(
     onnx_path: Path | None = None,
     onnx_opset: int | None = None,
     set_default: bool | None = None,
+    dtype: str = "float32",
 ) -> ManifestEntry:
     """Publish ``model`` as entry ``name``: weights (and ONNX) + manifest, each atomically.
 
     ``threshold`` is tau_fake for a detector, tau_attacked for an adversarial detector.
     ``set_default``: True makes it the default for its role, False never, None only when the
     role has no default yet. Replacing an entry deletes its old files once unreferenced.
+    ``dtype="float16"`` halves the file (and what each republish adds to the git history);
+    loading casts back to float32.
     Concurrent publishers are not serialised: publish from one process at a time.
     """
     models_dir = Path(models_dir)
@@ -311,7 +324,7 @@ def write_entry(
     net, spec = _resolve_net(model, architecture)
     manifest = load_manifest(models_dir) if (models_dir / MANIFEST_NAME).exists() else Manifest()
 
-    file, sha = _write_blob(models_dir, name, ".safetensors", _state_bytes(net))
+    file, sha = _write_blob(models_dir, name, ".safetensors", _state_bytes(net, dtype))
     onnx = None
     if onnx_path is not None:
         if onnx_opset is None:
@@ -329,7 +342,9 @@ def write_entry(
             "sha256": sha,
             "onnx": onnx,
             "preprocess": PreprocessInfo.from_preprocess(spec.preprocess),
-            "thresholds": {THRESHOLD_KEY[spec.role]: threshold},
+            "thresholds": {THRESHOLD_KEY[spec.role]: threshold} if spec.role in THRESHOLD_KEY
+            else {},
+            "dtype": dtype,
             "trained": trained,
             "description": description,
             "training": training or {},
@@ -351,6 +366,8 @@ def write_entry(
 def _updated_defaults(
     current: Defaults, role: Role, name: str, set_default: bool | None
 ) -> Defaults:
+    if role not in ("detector", "adversarial"):
+        return current  # backbones are never a serving default
     if set_default or (set_default is None and getattr(current, role) is None):
         return current.model_copy(update={role: name})
     return current

@@ -89,3 +89,28 @@ class AdversarialDetector(nn.Module):
     @torch.no_grad()
     def p_attacked(self, crop: torch.Tensor, xai_map: torch.Tensor) -> torch.Tensor:
         return self.forward(crop, xai_map).float().softmax(dim=1)[:, self.ATTACKED]
+
+
+class Embedder(nn.Module):
+    """A pretrained backbone as published: crop → descriptor [B,D] (e.g. 128-d face identity).
+
+    Served by nothing; it is what g and d start from, and what conversion checks are run on.
+    """
+
+    def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        p = spec.preprocess
+        self.prep = Preprocessor(p.input_size, p.mean, p.std)
+        self.net = net
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.preprocess.input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.prep(x))
