@@ -35,12 +35,20 @@ class Settings(BaseSettings):
     # None = use the thresholds the manifest chose on validation data (0.5 if it has none).
     tau_fake: float | None = Field(None, ge=0.0, le=1.0)
     tau_attacked: float | None = Field(None, ge=0.0, le=1.0)
-    max_faces: int = Field(4, ge=1)
+    # Each face costs one g forward, plus Saliency + d when g calls it real (README: cost per face).
+    max_faces: int = Field(16, ge=1, description="faces analysed per frame, largest first")
     min_face_size: int = Field(40, ge=10)
     face_scale: float = Field(1.3, gt=1.0)
     face_prob_min: float = Field(0.9, ge=0.0, le=1.0)
     face_detect_max_side: int = Field(1280, ge=64, description="frames shrunk for MTCNN only")
     face_batch_size: int = Field(8, ge=1, description="same-size frames per MTCNN pass")
+    # Faces under either bar are reported with their scores but judged `uncertain` (no vote).
+    quality_min_face_px: float = Field(
+        64.0, ge=0.0, description="face box side (original px) below which: face_too_small"
+    )
+    quality_min_sharpness: float = Field(
+        0.6, ge=0.0, description="var(Laplacian)/var(grey) of the face below which: blurry"
+    )
 
     # --- input limits ---
     max_upload_mb: float = Field(200.0, gt=0)

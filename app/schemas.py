@@ -13,6 +13,11 @@ class Verdict(StrEnum):
     FAKE = "fake"
     ATTACKED = "attacked"
     NO_FACE = "no_face"
+    UNCERTAIN = "uncertain"  # faces found, none judgeable (every one has a quality flag)
+
+
+# Why a face is reported but not judged (app.pipeline.quality).
+QualityFlag = Literal["face_too_small", "face_too_blurry"]
 
 
 class JobStatus(StrEnum):
@@ -44,7 +49,12 @@ class FacePublic(BaseModel):
     landmarks: list[list[float]] = Field(default_factory=list, description="5 (x, y) points")
     p_fake: float
     p_attacked: float | None = Field(None, description="only for faces g called real")
-    verdict: Verdict
+    verdict: Verdict = Field(description="uncertain when `quality` has a flag (scores kept)")
+    quality: list[QualityFlag] = Field(
+        default_factory=list, description="empty: judgeable; else why it is not judged"
+    )
+    sharpness: float | None = Field(None, description="var(Laplacian)/var(grey) of the face")
+    person: int | None = Field(None, description="id of the person (track) this face belongs to")
     explanation_url: str | None = None
     crop_url: str | None = None
 
@@ -62,12 +72,54 @@ class VerdictCounts(BaseModel):
     fake: int = 0
     attacked: int = 0
     no_face: int = 0
+    uncertain: int = 0
 
 
 class Summary(BaseModel):
-    verdict: Verdict
+    verdict: Verdict = Field(description="the paper's majority vote over the frame verdicts")
+    verdict_rule: Literal["frame_majority"] = Field(
+        "frame_majority",
+        description="what produced `verdict`: the frame majority vote (rules.video); each "
+        "person's verdict applies the same vote to that person's faces (rules.person)",
+    )
     frames: VerdictCounts
     faces: VerdictCounts
+    persons: VerdictCounts = Field(default_factory=VerdictCounts, description="by verdict")
+
+
+class FaceRef(BaseModel):
+    frame: int = Field(description="sampled-frame index")
+    face: int = Field(description="face index within that frame")
+
+
+class PersonPublic(BaseModel):
+    """One person: a track of faces linked across sampled frames (each face of an image)."""
+
+    id: int = Field(description="0, 1, ... in order of first appearance")
+    verdict: Verdict = Field(description="the video rule over this person's face verdicts")
+    frames: list[int] = Field(description="sampled-frame indices where this person appears")
+    start_s: float = Field(description="timestamp of the first of those frames")
+    end_s: float = Field(description="timestamp of the last of those frames")
+    faces: VerdictCounts = Field(description="this person's face verdicts")
+    mean_p_fake: float
+    max_p_fake: float
+    max_p_attacked: float | None = Field(None, description="over faces g called real")
+    representative: FaceRef = Field(description="largest judgeable face (else largest face)")
+
+
+class QualityThresholds(BaseModel):
+    min_face_px: float = Field(description="face_too_small: box side below this (original px)")
+    min_sharpness: float = Field(description="face_too_blurry: sharpness below this")
+
+
+class Rules(BaseModel):
+    """Which rule produced which verdict, in words, and the quality bars used."""
+
+    face: str
+    frame: str
+    video: str
+    person: str
+    quality: QualityThresholds
 
 
 class MediaInfo(BaseModel):
@@ -87,7 +139,11 @@ class AnalysisResult(BaseModel):
     summary: Summary
     media: MediaInfo
     frames: list[FramePublic]
+    persons: list[PersonPublic] = Field(
+        default_factory=list, description="faces linked across frames; one per face for images"
+    )
     thresholds: Thresholds
+    rules: Rules | None = None
     xai_method: str
     models: list[ModelInfo]
     timings_ms: dict[str, float] = Field(default_factory=dict, description="per pipeline stage")

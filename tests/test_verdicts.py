@@ -5,7 +5,7 @@ import pytest
 from app.pipeline.verdicts import face_verdict, frame_verdict, summarize, video_verdict
 from app.schemas import FacePublic, FramePublic, Thresholds, Verdict
 
-R, F, A, N = Verdict.REAL, Verdict.FAKE, Verdict.ATTACKED, Verdict.NO_FACE
+R, F, A, N, U = Verdict.REAL, Verdict.FAKE, Verdict.ATTACKED, Verdict.NO_FACE, Verdict.UNCERTAIN
 TH = Thresholds(tau_fake=0.5, tau_attacked=0.7)
 
 
@@ -24,9 +24,15 @@ def test_face_verdict(p_fake: float, p_att: float | None, expected: Verdict) -> 
     assert face_verdict(p_fake, p_att, TH) is expected
 
 
+@pytest.mark.parametrize(("p_fake", "p_att"), [(0.99, None), (0.1, 0.99), (0.1, 0.1)])
+def test_flagged_face_is_uncertain_whatever_its_scores(p_fake: float, p_att: float | None) -> None:
+    assert face_verdict(p_fake, p_att, TH, ("face_too_small",)) is U
+
+
 @pytest.mark.parametrize(
     ("faces", "expected"),
-    [([], N), ([R], R), ([R, A], A), ([A, F, R], F), ([R, R], R), ([A, A], A)],
+    [([], N), ([R], R), ([R, A], A), ([A, F, R], F), ([R, R], R), ([A, A], A),
+     ([U], U), ([U, U], U), ([U, R], R), ([F, U], F)],  # uncertain faces never make it worse
 )
 def test_frame_verdict_is_worst_face(faces: list[Verdict], expected: Verdict) -> None:
     assert frame_verdict(faces) is expected
@@ -44,6 +50,9 @@ def test_frame_verdict_is_worst_face(faces: list[Verdict], expected: Verdict) ->
         ([A, A, A, R], A),
         ([F, F, N, N, N, R], F),  # frames without faces do not vote
         ([R, R, R, F], R),
+        ([U, U, N], U),  # faces found, none judgeable
+        ([F, F, U, U, U, R], F),  # uncertain frames do not vote
+        ([F, U, R], R),
     ],
 )
 def test_video_majority_vote(frames: list[Verdict], expected: Verdict) -> None:
@@ -61,7 +70,8 @@ def test_summary_counts_frames_and_faces() -> None:
         FramePublic(index=1, timestamp=0.5, verdict=N, faces=[]),
         FramePublic(index=2, timestamp=1.0, verdict=A, faces=[_face(A)]),
     ]
-    s = summarize(frames)
-    assert s.verdict is A
+    s = summarize(frames, [F, R, R])
+    assert s.verdict is A and s.verdict_rule == "frame_majority"
     assert (s.frames.fake, s.frames.attacked, s.frames.no_face, s.frames.real) == (1, 1, 1, 0)
     assert (s.faces.fake, s.faces.real, s.faces.attacked) == (1, 1, 1)
+    assert (s.persons.fake, s.persons.real) == (1, 2)

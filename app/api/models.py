@@ -14,6 +14,8 @@ from app.schemas import (
     JobStatus,
     MediaInfo,
     ModelInfo,
+    PersonPublic,
+    Rules,
     Summary,
     Thresholds,
     Verdict,
@@ -88,7 +90,11 @@ class AnalysisPublic(BaseModel):
     callback_url: str | None = None
     media: MediaInfo | None = None
     summary: Summary | None = None
+    persons: list[PersonPublic] = Field(
+        default_factory=list, description="per-person verdicts (faces linked across frames)"
+    )
     thresholds: Thresholds | None = None
+    rules: Rules | None = Field(None, description="which rule produced which verdict")
     models: list[ModelInfo] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
@@ -118,8 +124,9 @@ class AnalysisPublic(BaseModel):
                                     error=job.webhook_error) if job.callback_url else None,
         }
         if result is not None:  # the worker's view wins: actual frames sampled, models used
-            fields.update(media=result.media, summary=result.summary,
-                          thresholds=result.thresholds, models=result.models,
+            fields.update(media=result.media, summary=result.summary, persons=result.persons,
+                          thresholds=result.thresholds, rules=result.rules,
+                          models=result.models,
                           timings_ms=result.timings_ms, warnings=result.warnings,
                           device=result.device, xai_method=result.xai_method)
         return cls.model_validate({**fields, **more})
@@ -136,6 +143,7 @@ class FramePage(BaseModel):
     offset: int
     limit: int
     verdict: list[Verdict] | None = None
+    person: int | None = Field(None, description="only frames where this person appears")
     items: list[FramePublic]
 
 

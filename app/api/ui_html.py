@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from app.api.auth import Principal
-from app.schemas import AnalysisResult, FacePublic, FramePublic, JobStatus, Verdict
+from app.schemas import AnalysisResult, FacePublic, FramePublic, JobStatus, PersonPublic, Verdict
 from app.store.results import JobRecord
 
-VERDICTS = (Verdict.FAKE, Verdict.ATTACKED, Verdict.REAL, Verdict.NO_FACE)
+VERDICTS = (Verdict.FAKE, Verdict.ATTACKED, Verdict.REAL, Verdict.UNCERTAIN, Verdict.NO_FACE)
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
 header{background:#1d2330;color:#fff;padding:.6em 1.2em;display:flex;gap:1em;align-items:center}
@@ -30,6 +30,7 @@ code,.id{font-family:ui-monospace,monospace;font-size:12px}
 .v{display:inline-block;padding:0 .5em;border-radius:3px;font-weight:600;font-size:12px}
 .v-fake{background:#fcd9d6;color:#8a1c12}.v-attacked{background:#ffe7b3;color:#7a4a00}
 .v-real{background:#d7f2dd;color:#145c25}.v-no_face,.v-none{background:#e3e5ea;color:#444}
+.v-uncertain{background:#dde6f7;color:#23406e}.q{color:#23406e;font-size:12px}
 .filters a{margin-right:.8em}.filters a.on{font-weight:700;text-decoration:none;color:#000}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:1em}
 .frame{background:#fff;border:1px solid #e3e5ea;border-radius:4px;padding:.6em}
@@ -140,12 +141,18 @@ class FrameView:
     total: int  # frames matching the filter
     page: int
     pages: int
+    person: int | None = None  # only frames where this person appears
+    persons: Sequence[PersonPublic] = ()
 
 
-def _url(job_id: str, verdicts: Iterable[Verdict] = (), page_no: int = 1) -> str:
+def _url(
+    job_id: str, verdicts: Iterable[Verdict] = (), page_no: int = 1, person: int | None = None
+) -> str:
     query: dict[str, str] = {}
     if names := ",".join(v.value for v in verdicts):
         query["verdict"] = names
+    if person is not None:
+        query["person"] = str(person)
     if page_no > 1:
         query["page"] = str(page_no)
     return f"/ui/analyses/{job_id}" + (f"?{urlencode(query)}" if query else "")
@@ -168,6 +175,8 @@ def _summary(job: JobRecord, result: AnalysisResult | None) -> str:
         faces = ", ".join(f"{k}: {v}" for k, v in s.faces.model_dump().items() if k != "no_face")
         rows += [("verdict", badge(s.verdict.value)), ("frames", esc(frames)),
                  ("faces", esc(faces)),
+                 ("persons", esc(", ".join(f"{k}: {v}" for k, v in s.persons.model_dump().items()
+                                           if k != "no_face"))),
                  ("thresholds", esc(f"τ_fake {th.tau_fake:.3f}, τ_attacked {th.tau_attacked:.3f}")),
                  ("XAI", esc(result.xai_method)),
                  ("models", "<br>".join(
@@ -184,13 +193,29 @@ def _summary(job: JobRecord, result: AnalysisResult | None) -> str:
 
 
 def _filters(job_id: str, view: FrameView) -> str:
-    links = [f'<a href="{esc(_url(job_id))}"{" class=on" if not view.verdicts else ""}>'
+    on_all = " class=on" if not view.verdicts else ""
+    links = [f'<a href="{esc(_url(job_id, person=view.person))}"{on_all}>'
              f"all ({sum(view.counts.values())})</a>"]
     for v in VERDICTS:
         on = " class=on" if view.verdicts == (v,) else ""
-        links.append(f'<a href="{esc(_url(job_id, [v]))}"{on}>{esc(v.value)} '
-                     f"({view.counts.get(v, 0)})</a>")
-    return '<p class="filters">Show frames: ' + "".join(links) + "</p>"
+        links.append(f'<a href="{esc(_url(job_id, [v], person=view.person))}"{on}>'
+                     f"{esc(v.value)} ({view.counts.get(v, 0)})</a>")
+    return '<p class="filters">Show frames: ' + "".join(links) + "</p>" + _person_filter(
+        job_id, view)
+
+
+def _person_filter(job_id: str, view: FrameView) -> str:
+    """Links to the frames of one person (with the person's own verdict)."""
+    if not view.persons:
+        return ""
+    on_all = " class=on" if view.person is None else ""
+    links = [f'<a href="{esc(_url(job_id, view.verdicts))}"{on_all}>everyone</a>']
+    for p in view.persons:
+        on = " class=on" if view.person == p.id else ""
+        links.append(f'<a href="{esc(_url(job_id, view.verdicts, person=p.id))}"{on}>'
+                     f"person {p.id}</a> {badge(p.verdict.value)} "
+                     f'<span class="muted">({len(p.frames)} frames)</span> ')
+    return '<p class="filters">Person: ' + "".join(links) + "</p>"
 
 
 def _face(job_id: str, frame: int, face: FacePublic) -> str:
@@ -202,12 +227,14 @@ def _face(job_id: str, frame: int, face: FacePublic) -> str:
     else:  # g called it fake: no XAI map, no d
         heat = '<div class="noimg">no heatmap<br>(detector called it fake)</div>'
     p_att = "–" if face.p_attacked is None else f"{face.p_attacked:.3f}"
+    person = "" if face.person is None else f"person {face.person} · "
+    quality = "".join(f'<br><span class="q">{esc(q)}</span>' for q in face.quality)
     return (
         f'<div class="face"><img src="{esc(crop)}" alt="{esc(alt)} crop" title="face crop" '
         f'loading="lazy">{heat}'
-        f"<div>face {face.index} {badge(face.verdict.value)}<br>"
+        f"<div>{esc(person)}face {face.index} {badge(face.verdict.value)}<br>"
         f"p_fake <b>{face.p_fake:.3f}</b><br>p_attacked <b>{esc(p_att)}</b><br>"
-        f'<span class="muted">detection {face.detection_prob:.2f}</span></div></div>'
+        f'<span class="muted">detection {face.detection_prob:.2f}</span>{quality}</div></div>'
     )
 
 
@@ -226,10 +253,12 @@ def _pager(job_id: str, view: FrameView) -> str:
         return ""
     links = []
     if view.page > 1:
-        links.append(f'<a href="{esc(_url(job_id, view.verdicts, view.page - 1))}">« previous</a>')
+        prev = _url(job_id, view.verdicts, view.page - 1, view.person)
+        links.append(f'<a href="{esc(prev)}">« previous</a>')
     links.append(f"page {view.page} of {view.pages}")
     if view.page < view.pages:
-        links.append(f'<a href="{esc(_url(job_id, view.verdicts, view.page + 1))}">next »</a>')
+        nxt = _url(job_id, view.verdicts, view.page + 1, view.person)
+        links.append(f'<a href="{esc(nxt)}">next »</a>')
     return '<p class="pager">' + " ".join(links) + "</p>"
 
 
@@ -239,7 +268,7 @@ def analysis_page(
     grid = "".join(_frame(job.id, f) for f in view.frames)
     if not grid:
         grid = '<p class="muted">no frames match this filter (yet)</p>'
-    link = _url(job.id, view.verdicts, view.page)
+    link = _url(job.id, view.verdicts, view.page, view.person)
     body = (
         f'<h1>Analysis <span class="id">{esc(job.id)}</span></h1>{_summary(job, result)}'
         f'<p>Shareable link (needs a key that may read it): <a href="{esc(link)}">'

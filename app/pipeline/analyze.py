@@ -22,7 +22,9 @@ from app.media import SampledFrame
 from app.models.store import ModelBundle, load_bundle
 from app.pipeline.explain import Explainer, map_to_image
 from app.pipeline.faces import DetectedFace
-from app.pipeline.verdicts import face_verdict, frame_verdict, summarize
+from app.pipeline.quality import QualityRule
+from app.pipeline.tracks import summarize_persons
+from app.pipeline.verdicts import face_verdict, frame_verdict, rules, summarize
 from app.runtime import BACKENDS, AttackScorer, Backend, FakeScorer
 from app.schemas import (
     AnalysisResult,
@@ -43,7 +45,7 @@ UNTRAINED_WARNING = (
 class FaceScore:
     p_fake: float
     p_attacked: float | None
-    verdict: Verdict
+    verdict: Verdict  # from the scores alone; build_frame makes flagged faces uncertain
     xai_map: np.ndarray | None  # uint8 HxWx3 map image, only for faces g called real
 
 
@@ -211,27 +213,38 @@ class Analyzer:
             maps[i] = map_to_image(xai[j])
 
 
+def face_public(face: DetectedFace, score: FaceScore, person: int | None = None) -> FacePublic:
+    """One face's public result: a face with a quality flag keeps its scores, verdict uncertain."""
+    return FacePublic(
+        index=face.index,
+        box=[round(float(v), 2) for v in face.box],
+        crop_box=[int(v) for v in face.crop_box],
+        detection_prob=round(float(face.prob), 4),
+        landmarks=[[round(float(a), 2), round(float(b), 2)] for a, b in face.landmarks],
+        p_fake=score.p_fake,
+        p_attacked=score.p_attacked,
+        verdict=Verdict.UNCERTAIN if face.quality else score.verdict,
+        quality=list(face.quality),
+        sharpness=round(float(face.sharpness), 4),
+        person=person,
+    )
+
+
 def build_frame(
     frame: SampledFrame,
     faces: Sequence[DetectedFace],
     scores: Sequence[FaceScore],
+    persons: Sequence[int] | None = None,
 ) -> FramePublic:
-    """One sampled frame's public result; the frame verdict is its worst face."""
-    if len(faces) != len(scores):
-        raise ValueError(f"{len(faces)} faces but {len(scores)} scores")
-    public = [
-        FacePublic(
-            index=f.index,
-            box=[round(float(v), 2) for v in f.box],
-            crop_box=[int(v) for v in f.crop_box],
-            detection_prob=round(float(f.prob), 4),
-            landmarks=[[round(float(a), 2), round(float(b), 2)] for a, b in f.landmarks],
-            p_fake=s.p_fake,
-            p_attacked=s.p_attacked,
-            verdict=s.verdict,
-        )
-        for f, s in zip(faces, scores, strict=True)
-    ]
+    """One sampled frame's public result; the frame verdict is its worst face.
+
+    ``persons`` are the faces' person ids (``FaceTracker.assign``), None: not tracked.
+    """
+    if len(faces) != len(scores) or (persons is not None and len(persons) != len(faces)):
+        n_persons = "no" if persons is None else len(persons)
+        raise ValueError(f"{len(faces)} faces but {len(scores)} scores, {n_persons} persons")
+    ids: Sequence[int | None] = [None] * len(faces) if persons is None else persons
+    public = [face_public(f, s, p) for f, s, p in zip(faces, scores, ids, strict=True)]
     return FramePublic(
         index=frame.index,
         source_index=frame.source_index,
@@ -248,16 +261,21 @@ def build_result(
     xai_method: str,
     timings_ms: dict[str, float],
     warnings: Sequence[str],
+    quality: QualityRule | None = None,
 ) -> AnalysisResult:
-    """The full result; untrained placeholder weights are called out in ``warnings``."""
+    """The full result, persons included; untrained placeholder weights are called out in
+    ``warnings``. ``quality`` is the rule the face detector applied (its defaults if None)."""
     warns = list(warnings)
     if not analyzer.trained:
         warns.insert(0, UNTRAINED_WARNING)
+    persons = summarize_persons(frames)
     return AnalysisResult(
-        summary=summarize(frames),
+        summary=summarize(frames, [p.verdict for p in persons]),
         media=info,
         frames=list(frames),
+        persons=persons,
         thresholds=analyzer.thresholds,
+        rules=rules((quality or QualityRule()).public()),
         xai_method=xai_method,
         models=analyzer.models,
         timings_ms={k: round(v, 2) for k, v in timings_ms.items()},

@@ -18,6 +18,7 @@ import torch
 from facenet_pytorch import MTCNN
 
 from app.config import Settings
+from app.pipeline.quality import QualityFlag, QualityRule, box_side, sharpness
 
 Box = tuple[float, float, float, float]
 CropBox = tuple[int, int, int, int]
@@ -32,6 +33,8 @@ class DetectedFace:
     prob: float
     landmarks: list[tuple[float, float]]  # 5 points: eyes, nose, mouth corners
     crop: np.ndarray  # uint8 RGB, crop_box region resized to crop_size x crop_size
+    sharpness: float = 0.0  # app.pipeline.quality.sharpness of the crop region
+    quality: tuple[QualityFlag, ...] = ()  # empty: usable; else reported, not judged
 
 
 def square_crop_box(box: Sequence[float], width: int, height: int, scale: float = 1.3) -> CropBox:
@@ -71,6 +74,7 @@ class FaceDetector:
 
     Frames whose long side exceeds ``detect_max_side`` are downscaled for detection only (MTCNN's
     cost grows with pixels); boxes and landmarks are mapped back and crops cut from full res.
+    Each face gets the ``quality`` flags of ``quality`` (a ``QualityRule``).
     Not thread-safe: one detector per worker thread.
     """
 
@@ -78,12 +82,13 @@ class FaceDetector:
         self,
         device: torch.device | str = "cpu",
         min_face_size: int = 40,
-        max_faces: int = 4,
+        max_faces: int = 16,
         prob_min: float = 0.9,
         scale: float = 1.3,
         crop_size: int = 224,
         batch_size: int = 8,
         detect_max_side: int = 1280,
+        quality: QualityRule | None = None,
     ) -> None:
         if max_faces < 1 or batch_size < 1 or crop_size < 1:
             raise ValueError("max_faces, batch_size and crop_size must be >= 1")
@@ -97,6 +102,7 @@ class FaceDetector:
         self.crop_size = crop_size
         self.batch_size = batch_size
         self.detect_max_side = detect_max_side
+        self.quality = quality or QualityRule()
         # keep_all: we rank and cut ourselves; the weights ship inside the wheel (no download).
         self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, device=self.device).eval()
 
@@ -111,6 +117,7 @@ class FaceDetector:
             crop_size=crop_size,
             batch_size=s.face_batch_size,
             detect_max_side=s.face_detect_max_side,
+            quality=QualityRule(s.quality_min_face_px, s.quality_min_sharpness),
         )
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
@@ -165,22 +172,27 @@ class FaceDetector:
         keep = (probs >= self.prob_min) & (sides >= self.min_face_size)
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         order = [int(k) for k in np.argsort(-areas, kind="stable") if keep[k]][: self.max_faces]
+        return [self._face(frame, rank, boxes[k], float(probs[k]), points[k])
+                for rank, k in enumerate(order)]
+
+    def _face(
+        self, frame: np.ndarray, rank: int, box_arr: np.ndarray, prob: float, points: np.ndarray
+    ) -> DetectedFace:
+        """One face: its square crop (cut from full resolution) and its quality flags."""
+        box: Box = tuple(float(v) for v in box_arr)  # type: ignore[assignment]
         height, width = frame.shape[:2]
-        faces = []
-        for rank, k in enumerate(order):
-            box: Box = tuple(float(v) for v in boxes[k])  # type: ignore[assignment]
-            crop_box = square_crop_box(box, width, height, self.scale)
-            faces.append(
-                DetectedFace(
-                    index=rank,
-                    box=box,
-                    crop_box=crop_box,
-                    prob=float(probs[k]),
-                    landmarks=[(float(x), float(y)) for x, y in points[k]],
-                    crop=crop_face(frame, crop_box, self.crop_size),
-                )
-            )
-        return faces
+        crop_box = square_crop_box(box, width, height, self.scale)
+        sharp = sharpness(frame, crop_box)
+        return DetectedFace(
+            index=rank,
+            box=box,
+            crop_box=crop_box,
+            prob=prob,
+            landmarks=[(float(x), float(y)) for x, y in points],
+            crop=crop_face(frame, crop_box, self.crop_size),
+            sharpness=sharp,
+            quality=self.quality.flags(box_side(box), sharp),
+        )
 
 
 def _check_frame(i: int, frame: np.ndarray) -> None:

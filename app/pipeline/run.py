@@ -13,6 +13,7 @@ from pathlib import Path
 from app.media import MediaLimits, MediaSource, SampledFrame, open_media
 from app.pipeline.analyze import Analyzer, build_frame, build_result
 from app.pipeline.faces import FaceDetector
+from app.pipeline.tracks import FaceTracker
 from app.schemas import AnalysisResult, FramePublic
 
 Progress = Callable[[int, int], None]
@@ -28,8 +29,13 @@ def analyze_frames(
     faces: FaceDetector,
     xai_method: str,
     timings: dict[str, float],
+    tracker: FaceTracker | None = None,
 ) -> list[FramePublic]:
-    """Faces on a chunk of frames, then one batched scoring pass over all their crops."""
+    """Faces on a chunk of frames, then one batched scoring pass over all their crops.
+
+    ``tracker`` links the faces to those of earlier chunks (a new one: this chunk only).
+    """
+    tracker = tracker or FaceTracker()
     t0 = time.perf_counter()
     detected = faces.detect([f.image for f in frames])
     _timed(timings, "faces", t0)
@@ -37,7 +43,8 @@ def analyze_frames(
     scores = analyzer.score_crops(crops, [xai_method] * len(crops), timings)
     out, k = [], 0
     for frame, per_frame in zip(frames, detected, strict=True):
-        out.append(build_frame(frame, per_frame, scores[k : k + len(per_frame)]))
+        persons = tracker.assign(frame.index, per_frame)
+        out.append(build_frame(frame, per_frame, scores[k : k + len(per_frame)], persons))
         k += len(per_frame)
     return out
 
@@ -70,6 +77,7 @@ def analyze_source(
     t_start = time.perf_counter()
     total = len(source)
     frames: list[FramePublic] = []
+    tracker = FaceTracker()  # one per analysis: person ids run across chunks
     it = iter(source)
     while True:
         t0 = time.perf_counter()
@@ -77,8 +85,9 @@ def analyze_source(
         _timed(timings, "decode", t0)
         if not batch:
             break
-        frames.extend(analyze_frames(batch, analyzer, faces, method, timings))
+        frames.extend(analyze_frames(batch, analyzer, faces, method, timings, tracker))
         if progress:
             progress(len(frames), total)
     timings["total"] = (time.perf_counter() - t_start) * 1000.0
-    return build_result(source.info, frames, analyzer, method, timings, source.warnings)
+    return build_result(source.info, frames, analyzer, method, timings, source.warnings,
+                        faces.quality)

@@ -20,6 +20,7 @@ from app.media import MediaLimits, SampledFrame, open_media
 from app.pipeline.analyze import Analyzer, build_frame, build_result
 from app.pipeline.explain import map_to_heatmap
 from app.pipeline.faces import DetectedFace, FaceDetector
+from app.pipeline.tracks import FaceTracker
 from app.queue.batcher import Batcher
 from app.schemas import AnalysisResult, FramePublic
 from app.store.results import JobRecord, PngKind, ResultStore
@@ -77,6 +78,7 @@ class JobRunner:
         self.store.set_progress(job.id, 0, total)
         timings: dict[str, float] = defaultdict(float)
         frames: list[FramePublic] = []
+        tracker = FaceTracker()  # per attempt: a retry re-links from frame 0, same ids
         it = iter(source)
         t_start = time.perf_counter()
         while True:
@@ -89,10 +91,10 @@ class JobRunner:
             _stage(timings, "decode", t0)
             if not chunk:
                 break
-            frames.extend(self._chunk(job, chunk, total, timings, cancelled))
+            frames.extend(self._chunk(job, chunk, total, timings, cancelled, tracker))
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return build_result(source.info, frames, self.analyzer, job.xai_method, timings,
-                            source.warnings)
+                            source.warnings, self.faces.quality)
 
     def _chunk(
         self,
@@ -101,6 +103,7 @@ class JobRunner:
         total: int,
         timings: dict[str, float],
         cancelled: Callable[[], bool],
+        tracker: FaceTracker,
     ) -> list[FramePublic]:
         t0 = time.perf_counter()
         detected = self.faces.detect([f.image for f in chunk])
@@ -115,7 +118,8 @@ class JobRunner:
         for frame, per in zip(chunk, detected, strict=True):
             mine = scored[k : k + len(per)]
             k += len(per)
-            public = build_frame(frame, per, [s.score for s in mine])
+            persons = tracker.assign(frame.index, per)
+            public = build_frame(frame, per, [s.score for s in mine], persons)
             pngs.update(self._images(job.id, public, per, mine))
             frames.append(public)
         self.store.put_frames(job.id, frames, pngs, total)

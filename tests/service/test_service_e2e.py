@@ -57,7 +57,7 @@ def test_video_analysis_frames_pngs_and_delete(service: LiveApi, redis_client: r
 
     # Verdict filter: the frames of one verdict, and the union of all verdicts is everything.
     by_verdict = {}
-    for v in ("real", "fake", "attacked", "no_face"):
+    for v in ("real", "fake", "attacked", "no_face", "uncertain"):
         page = c.get(f"/v1/analyses/{job_id}/frames", params={"verdict": v}).json()
         assert all(f["verdict"] == v for f in page["items"])
         by_verdict[v] = page["total"]

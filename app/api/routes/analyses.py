@@ -39,22 +39,33 @@ def _verdicts(raw: list[str] | None) -> list[Verdict] | None:
                        f"verdict must be among {allowed}; got {names}") from None
 
 
+def filter_frames(
+    frames: list[FramePublic], wanted: list[Verdict] | None, person: int | None
+) -> list[FramePublic]:
+    """Frames by verdict; with ``person``, frames where that person's face has the verdict."""
+    if person is None:
+        return [f for f in frames if not wanted or f.verdict in wanted]
+    return [f for f in frames
+            if any(x.person == person and (not wanted or x.verdict in wanted) for x in f.faces)]
+
+
 @router.get("/{job_id}/frames", response_model=FramePage, responses=_404,
-            summary="Per-frame results so far, filtered by verdict and paginated")
+            summary="Per-frame results so far, filtered by verdict and person, paginated")
 def list_frames(
     job: JobDep,
     store: StoreDep,
-    verdict: Annotated[list[str] | None, Query(description="real, fake, attacked, no_face; "
-                                               "repeat or comma-separate")] = None,
+    verdict: Annotated[list[str] | None, Query(description="real, fake, attacked, no_face, "
+                                               "uncertain; repeat or comma-separate")] = None,
+    person: Annotated[int | None, Query(ge=0, description="only frames where this person "
+                                        "(persons[].id) appears; `verdict` then filters "
+                                        "that person's face verdict")] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
 ) -> FramePage:
     wanted = _verdicts(verdict)
-    frames: list[FramePublic] = store.get_frames(job.id)
-    if wanted:
-        frames = [f for f in frames if f.verdict in wanted]
+    frames = filter_frames(store.get_frames(job.id), wanted, person)
     return FramePage(total=len(frames), offset=offset, limit=limit, verdict=wanted,
-                     items=frames[offset : offset + limit])
+                     person=person, items=frames[offset : offset + limit])
 
 
 def _png(store: StoreDep, job_id: str, frame: int, face: int, kind: PngKind) -> Response:

@@ -20,7 +20,9 @@ from app.api import ui_html
 from app.api.auth import Principal, get_keyring
 from app.api.deps import UI_COOKIE, StoreDep, authenticate, get_ui_principal, load_job
 from app.api.errors import ApiError
-from app.schemas import FramePublic, JobStatus, Verdict
+from app.api.routes.analyses import filter_frames
+from app.pipeline.tracks import summarize_persons
+from app.schemas import FramePublic, JobStatus, PersonPublic, Verdict
 from app.store.results import JobRecord, PngKind, ResultStore
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -181,17 +183,21 @@ def _job(store: ResultStore, job_id: str, viewer: Principal) -> JobRecord:
 
 
 def _view(
-    frames: list[FramePublic], verdicts: tuple[Verdict, ...], page: int
+    frames: list[FramePublic],
+    verdicts: tuple[Verdict, ...],
+    page: int,
+    person: int | None = None,
+    persons: list[PersonPublic] | None = None,
 ) -> ui_html.FrameView:
     counts = {v: 0 for v in Verdict}
     for f in frames:
         counts[f.verdict] += 1
-    chosen = [f for f in frames if not verdicts or f.verdict in verdicts]
+    chosen = filter_frames(frames, list(verdicts), person)
     pages = max(1, math.ceil(len(chosen) / FRAMES_PER_PAGE))
     page = min(page, pages)
     start = (page - 1) * FRAMES_PER_PAGE
     return ui_html.FrameView(verdicts, chosen[start : start + FRAMES_PER_PAGE], counts,
-                             len(chosen), page, pages)
+                             len(chosen), page, pages, person, persons or [])
 
 
 @router.get("/analyses/{job_id}", response_class=HTMLResponse)
@@ -201,12 +207,14 @@ def analysis(
     store: StoreDep,
     verdict: str | None = None,
     page: Annotated[int, Query(ge=1)] = 1,
+    person: Annotated[int | None, Query(ge=0)] = None,
 ) -> Response:
     wanted = _parse_verdicts(verdict)
     job = _job(store, job_id, viewer)
     result = store.get_result(job.id) if job.status == JobStatus.DONE else None
     frames = result.frames if result is not None else store.get_frames(job.id)
-    view = _view(frames, wanted, page)
+    persons = result.persons if result is not None else summarize_persons(frames)
+    view = _view(frames, wanted, page, person, persons)
     return html(ui_html.analysis_page(job, result, view, viewer))
 
 
