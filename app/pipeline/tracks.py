@@ -22,7 +22,6 @@ as it goes; both the CLI and the worker run it the same way.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,17 +49,26 @@ class _Track:
     last: int  # sampled-frame index of the last sighting
 
 
-def _side(box: Sequence[float]) -> float:
-    return max(box[2] - box[0], box[3] - box[1], 1e-6)
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    """Longer side of each ``x1, y1, x2, y2`` box (last axis), never 0."""
+    return np.maximum(np.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]),
+                      1e-6)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of broadcast ``x1, y1, x2, y2`` boxes (last axis)."""
+    w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    inter = np.clip(w, 0.0, None) * np.clip(h, 0.0, None)
+    area = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (
+        b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area - inter
+    return np.divide(inter, union, out=np.zeros_like(union), where=union > 0)
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two ``x1, y1, x2, y2`` boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    return float(_iou(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)))
 
 
 def _assignment(cost: np.ndarray) -> list[tuple[int, int]]:
@@ -89,7 +97,7 @@ class FaceTracker:
         live = [t for t in self._tracks if 0 < frame_index - t.last <= self.max_gap]
         ids: list[int | None] = [None] * len(faces)
         if live and faces:
-            cost = np.array([[self.cost(t, f) for f in faces] for t in live])
+            cost = self.costs(live, faces)
             for r, c in _assignment(cost):
                 if cost[r, c] < _FORBIDDEN:
                     ids[c] = live[r].id
@@ -99,16 +107,18 @@ class FaceTracker:
                 ids[j] = self._start(face, frame_index)
         return [int(i) for i in ids if i is not None]
 
-    def cost(self, track: _Track, face: DetectedFace) -> float:
-        """Association cost of ``face`` continuing ``track``; ``_FORBIDDEN`` when gated out."""
-        side_t, side_f = _side(track.box), _side(face.box)
-        scale = max(side_t, side_f) / min(side_t, side_f)
-        points = np.asarray(face.landmarks, dtype=np.float64)
-        shift = float(np.linalg.norm(points - track.points, axis=1).mean()) / (
-            (side_t + side_f) / 2)
-        if scale > self.max_scale or shift > self.max_shift:
-            return _FORBIDDEN
-        return shift + (1.0 - iou(track.box, face.box)) + math.log(scale)
+    def costs(self, tracks: Sequence[_Track], faces: Sequence[DetectedFace]) -> np.ndarray:
+        """``[track, face]`` association costs; ``_FORBIDDEN`` where the gates say no."""
+        t_box = np.array([t.box for t in tracks], dtype=np.float64)[:, None]  # T x 1 x 4
+        f_box = np.array([f.box for f in faces], dtype=np.float64)[None]  # 1 x F x 4
+        t_pts = np.stack([t.points for t in tracks])[:, None]  # T x 1 x 5 x 2
+        f_pts = np.array([f.landmarks for f in faces], dtype=np.float64)[None]  # 1 x F x 5 x 2
+        side_t, side_f = _sides(t_box), _sides(f_box)
+        scale = np.maximum(side_t, side_f) / np.minimum(side_t, side_f)
+        shift = np.linalg.norm(f_pts - t_pts, axis=-1).mean(-1) / ((side_t + side_f) / 2)
+        cost = shift + (1.0 - _iou(t_box, f_box)) + np.log(scale)
+        gated = (scale > self.max_scale) | (shift > self.max_shift)
+        return np.where(gated, _FORBIDDEN, cost)
 
     def _update(self, track: _Track, face: DetectedFace, frame_index: int) -> None:
         track.box = face.box
