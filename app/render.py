@@ -52,11 +52,10 @@ def frames_table(result: AnalysisResult) -> Table:
 
 def persons_table(result: AnalysisResult) -> Table:
     table = Table(title="per-person verdicts (faces linked across frames)", show_lines=False)
-    for col in ("person", "frames", "time", "mean p_fake", "max p_fake", "max p_attacked",
-                "verdict"):
-        table.add_column(col, justify="right" if col != "verdict" else "left")
+    for col in ("person", "frames", "time", "p_fake mean", "max", "p_att max", "verdict"):
+        table.add_column(col, justify="right" if col != "verdict" else "left", no_wrap=True)
     for p in result.persons:
-        table.add_row(str(p.id), str(len(p.frames)), f"{p.start_s:.2f}-{p.end_s:.2f}s",
+        table.add_row(str(p.id), str(len(p.frames)), f"{p.start_s:.1f}-{p.end_s:.1f}s",
                       _fmt(p.mean_p_fake), _fmt(p.max_p_fake), _fmt(p.max_p_attacked),
                       _badge(p.verdict))
     return table
