@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -119,6 +119,51 @@ def models_list(
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
     console.print(table)
+
+
+ImportFormatName = Literal["ffpp-xception", "icpr-effb4st"]
+
+
+@models_app.command("import")
+def models_import(
+    path: Annotated[Path, typer.Argument(help="the published checkpoint file")],
+    fmt: Annotated[ImportFormatName, typer.Option("--format", help="source layout")],
+    name: Annotated[str, typer.Option(help="manifest entry name for the imported g")],
+    models_dir: Annotated[Path | None, typer.Option(help="model store folder")] = None,
+    trust_pickle: Annotated[bool, typer.Option(
+        help="allow reading a pickled whole model (ffpp-xception) with the restricted "
+             "unpickler")] = False,
+    set_default: Annotated[bool, typer.Option(help="make it the served default g")] = False,
+    replace: Annotated[bool, typer.Option(help="overwrite an entry of the same name")] = False,
+    onnx: Annotated[bool, typer.Option(
+        help="also export ONNX (parity-checked) for DFSHIELD_BACKEND=onnx")] = False,
+    parity_image: Annotated[list[Path] | None, typer.Option(
+        help="image(s) whose largest face the parity check uses (default: bundled portraits)")
+    ] = None,
+) -> None:
+    """Import a paper's published detector into the model store, with a parity check."""
+    from app.models.importers import CheckpointImportError, import_checkpoint
+    from app.models.store import ModelStoreError
+
+    folder = models_dir or get_settings().models_dir
+    try:
+        report = import_checkpoint(fmt, path, name, folder, trust_pickle=trust_pickle,
+                                   set_default=set_default, replace=replace, onnx=onnx,
+                                   images=parity_image or None)
+    except CheckpointImportError as exc:
+        raise _fail(exc.code, exc.message, EXIT_BAD_INPUT) from None
+    except ModelStoreError as exc:
+        raise _fail("model_error", " ".join(str(exc).split()), 1) from None
+    e = report.entry
+    console.print(f"parity: max |Δlogit| = {report.parity:.2e} on {report.crops} face crops "
+                  f"(tolerance {e.metrics['import_parity']['tolerance']:g})", highlight=False,
+                  soft_wrap=True)
+    console.print(f"imported {e.name} ({e.architecture}, version {e.version}, tau_fake "
+                  f"{e.threshold}) into {folder}; default detector: "
+                  f"{'this one' if report.is_default else 'unchanged'}", highlight=False,
+                  soft_wrap=True)
+    if report.note:
+        err_console.print(f"[yellow]note[/]: {report.note}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 from app.models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocess, register_model
+from app.models.same_padding import pin_same_padding
 
 HALF = (0.5, 0.5, 0.5)
+# efficientnet_pytorch builds EfficientNet-B4 for 380 px and pins its "SAME" padding for it.
+EFFICIENTNET_PYTORCH_B4_SIZE = 380
 # Narrow ResNet-10-T: ~1.2 M parameters, trainable from scratch on CPU in minutes.
 SMALL_RESNET_CHANNELS = (32, 64, 128, 256)
 
@@ -60,13 +63,15 @@ class EfficientNetB4ST(nn.Module):
     input, because XAI maps and attacks differentiate through g.
     """
 
-    def __init__(self, drop_path_rate: float = 0.2) -> None:
+    def __init__(self, drop_path_rate: float = 0.2, features: nn.Module | None = None) -> None:
         super().__init__()
         # 0.2 = efficientnet_pytorch's drop-connect default that the reference trained with;
         # it only acts in train mode.
-        self.features = timm.create_model(
-            "efficientnet_b4", pretrained=False, num_classes=0, drop_path_rate=drop_path_rate
-        )
+        if features is None:
+            features = timm.create_model(
+                "efficientnet_b4", pretrained=False, num_classes=0, drop_path_rate=drop_path_rate
+            )
+        self.features = features
         n = self.features.num_features
         self.classifier = nn.Sequential(nn.BatchNorm1d(n), nn.Linear(n, 1))
 
@@ -84,6 +89,32 @@ class EfficientNetB4ST(nn.Module):
 )
 def efficientnet_b4_st(drop_path_rate: float = 0.2) -> nn.Module:
     return disable_inplace_relu(EfficientNetB4ST(drop_path_rate))
+
+
+def efficientnet_pytorch_b4_features(drop_path_rate: float = 0.2) -> nn.Module:
+    """EfficientNet-B4 features computing exactly what ``efficientnet_pytorch``'s B4 computes.
+
+    timm's ``tf_efficientnet_b4`` has its layout (TF "SAME" padding, BN eps 1e-3); the padding
+    is then pinned for 380 px as efficientnet_pytorch pins it (``app.models.same_padding``), and
+    BN momentum is its 0.01. No dropout before the classifier: EfficientNetB4ST has none.
+    """
+    net = timm.create_model(
+        "tf_efficientnet_b4", pretrained=False, num_classes=0, drop_rate=0.0,
+        drop_path_rate=drop_path_rate, bn_momentum=0.01,
+    )
+    return pin_same_padding(net, EFFICIENTNET_PYTORCH_B4_SIZE)
+
+
+@register_model(
+    "efficientnet_b4_st_tf",
+    "detector",
+    Preprocess(224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "EfficientNetB4ST in efficientnet_pytorch's exact layout (TF 'SAME' padding pinned for "
+    "380 px, BN eps 1e-3): the target of icpr2020dfdc imports; logits [-z, z]",
+)
+def efficientnet_b4_st_tf(drop_path_rate: float = 0.2) -> nn.Module:
+    features = efficientnet_pytorch_b4_features(drop_path_rate)
+    return disable_inplace_relu(EfficientNetB4ST(drop_path_rate, features=features))
 
 
 @register_model(

@@ -363,6 +363,16 @@ def write_entry(
     return entry
 
 
+def set_default(models_dir: Path, role: Role, name: str) -> None:
+    """Make the listed model ``name`` the served default for ``role``."""
+    manifest = load_manifest(models_dir)
+    entry = _listed_entry(manifest, name)
+    if entry.role != role:
+        raise ModelStoreError(f"model {name!r} is a {entry.role}, not a {role}")
+    defaults = _updated_defaults(manifest.default, role, name, True)
+    save_manifest(models_dir, Manifest(default=defaults, models=manifest.models))
+
+
 def _updated_defaults(
     current: Defaults, role: Role, name: str, set_default: bool | None
 ) -> Defaults:

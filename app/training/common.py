@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ log = logging.getLogger("dfshield.training")
 RECORD_NAME = "record.json"
 BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"
+STORE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a manifest entry name, not a path
 # (stage, done, total): the CLI turns these into a rich progress bar.
 ProgressFn = Callable[[str, int, int | None], None]
 
@@ -237,15 +239,52 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+class StoredModelRecord(RunRecord):
+    """Read-only stand-in for the run record of a model taken from the model store."""
+
+    def save(self) -> None:
+        raise RuntimeError(f"{self.data.get('model_store')} is a model-store entry, not a run")
+
+
 def load_trained(
     run_dir: Path, device: torch.device | str = "cpu", which: str = BEST_NAME
 ) -> tuple[nn.Module, RunRecord]:
-    """The wrapped model of a training run (its best checkpoint by default), in eval mode."""
+    """The wrapped model of a training run (its best checkpoint by default), in eval mode.
+
+    ``run_dir`` may also name an entry of the model store (``DFSHIELD_MODELS_DIR``), e.g. an
+    imported detector (``dfshield models import``): then its thresholds stand in for the record's.
+    """
+    if not Path(run_dir).is_dir() and STORE_NAME_RE.fullmatch(str(run_dir)):
+        return load_stored(str(run_dir), device)
     record = RunRecord.load(run_dir)
     model = create_model(record["arch"], **record.get("arch_kwargs", {}))
     ckpt = load_checkpoint(Path(run_dir) / which)
     model.net.load_state_dict(ckpt["model"], strict=True)
     return model.to(device).eval(), record
+
+
+def load_stored(
+    name: str, device: torch.device | str = "cpu", models_dir: Path | None = None
+) -> tuple[nn.Module, StoredModelRecord]:
+    """A verified model of the model store by entry name, with a record-like view of its entry."""
+    from app.config import get_settings
+    from app.models.store import ModelStoreError, load_manifest, load_model
+
+    folder = Path(models_dir or get_settings().models_dir)
+    try:
+        entry = load_manifest(folder).find(name)
+        if entry is None:
+            raise FileNotFoundError(
+                f"{name!r} is neither a run dir nor a model in {folder}; pass a run dir, or a "
+                "name from `dfshield models list` (DFSHIELD_MODELS_DIR selects the store)")
+        model = load_model(folder, entry, device)
+    except ModelStoreError as e:
+        raise ValueError(f"{name!r} is not a run dir, and the model store says: {e}") from None
+    data = {"kind": "model_store", "arch": entry.architecture, "thresholds": entry.thresholds,
+            "metrics": entry.metrics, "model_store": {"dir": str(folder), "name": entry.name,
+                                                      "version": entry.version,
+                                                      "sha256": entry.sha256}}
+    return model.eval(), StoredModelRecord(folder, data)
 
 
 # ----------------------------------------------------------------------------- crops

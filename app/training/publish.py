@@ -16,8 +16,16 @@ from typing import Any
 
 from torch import nn
 
-from app.models.store import load_bundle, write_entry
-from app.training.common import RunRecord, command_line, load_trained
+from app.models.store import load_bundle, load_manifest, write_entry
+from app.models.store import set_default as set_default_model
+from app.training.common import (
+    STORE_NAME_RE,
+    RunRecord,
+    StoredModelRecord,
+    command_line,
+    load_stored,
+    load_trained,
+)
 from app.training.export import DEFAULT_OPSET, export_onnx
 
 
@@ -80,11 +88,13 @@ def publish(
 ) -> dict[str, Any]:
     """Publish g (``detector_run``) and d (``adversarial_run``); returns both manifest entries.
 
+    ``detector_run`` may name a detector already in ``models_dir`` (e.g. one imported with
+    ``dfshield models import``): then only d is published, paired with it.
     ``report``: an evaluate ``report.json`` whose headline numbers join the entries' metrics.
     """
     detector_run, adversarial_run, models_dir = (
         Path(detector_run), Path(adversarial_run), Path(models_dir))
-    g, g_rec = load_trained(detector_run)
+    g, g_rec = _load_detector(detector_run, models_dir)
     d, d_rec = load_trained(adversarial_run)
     if d_rec.get("detector_arch") not in (None, g.spec.name):
         raise ValueError(
@@ -96,10 +106,15 @@ def publish(
     g_name = detector_name or _name(f"dfshield-g-{g.spec.name}")
     d_name = adversarial_name or _name(
         f"dfshield-d-{d.spec.name}-{d_rec.get('xai', 'saliency')}-{d_rec.get('mode', 'finetune')}")
-    g_entry = _publish_one(
-        models_dir, g, g_rec, g_name, version, float(g_rec["thresholds"]["tau_fake"]),
-        f"deepfake detector g ({g.spec.name}), trained by dfshield; tau_fake chosen on val",
-        None, opset, onnx, set_default, {**g_rec.get("metrics", {}), **summary.get("g", {})}, {})
+    stored = _stored_in(g_rec, models_dir)
+    if stored is not None:
+        g_name, g_entry = stored, load_manifest(models_dir).get(stored).model_dump(mode="json")
+    else:
+        g_entry = _publish_one(
+            models_dir, g, g_rec, g_name, version, float(g_rec["thresholds"]["tau_fake"]),
+            f"deepfake detector g ({g.spec.name}), trained by dfshield; tau_fake chosen on val",
+            None, opset, onnx, set_default,
+            {**g_rec.get("metrics", {}), **summary.get("g", {})}, {})
     d_entry = _publish_one(
         models_dir, d, d_rec, d_name, version, float(d_rec["thresholds"]["tau_attacked"]),
         f"adversarial detector d ({d.spec.name}, {d_rec.get('xai')} maps of {g.spec.name}, "
@@ -107,9 +122,26 @@ def publish(
         g.input_size, opset, onnx, set_default,
         {**d_rec.get("metrics", {}), **summary.get("d", {})},
         {"paired_detector": g_name, "xai_method": d_rec.get("xai")})
+    if stored is not None and set_default:
+        set_default_model(models_dir, "detector", g_name)  # d only makes sense next to its g
     # Trust but verify: the store must load exactly what was just written.
     load_bundle(models_dir, "cpu", detector=g_name, adversarial=d_name)
     return {"detector": g_entry, "adversarial": d_entry, "models_dir": str(models_dir)}
+
+
+def _load_detector(ref: Path, models_dir: Path) -> tuple[nn.Module, RunRecord]:
+    # A name (not a run dir) is looked up in the store being published to.
+    if not ref.is_dir() and STORE_NAME_RE.fullmatch(str(ref)):
+        return load_stored(str(ref), "cpu", models_dir)
+    return load_trained(ref)
+
+
+def _stored_in(record: RunRecord, models_dir: Path) -> str | None:
+    """Entry name when g came from this very model store (nothing to publish), else None."""
+    if not isinstance(record, StoredModelRecord):
+        return None
+    info = record["model_store"]
+    return info["name"] if Path(info["dir"]).resolve() == models_dir.resolve() else None
 
 
 def _report_summary(report: Path | None) -> dict[str, Any]:
