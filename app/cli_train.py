@@ -139,6 +139,11 @@ def detector(
     val_jpeg: Annotated[int | None, typer.Option(
         min=1, max=100, help="also validate on val crops re-encoded at this JPEG quality")
     ] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="start from this pretrained backbone of --models-dir (e.g. "
+             "dfshield-backbone-dlib_face_resnet with --arch faceresnet_df)")] = None,
+    models_dir: Annotated[Path, typer.Option(help="model store holding --backbone")] =
+        REPO_ROOT / "models",
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
 ) -> None:
     """Train g; best checkpoint by full-validation AUC, tau_fake chosen on validation."""
@@ -148,8 +153,8 @@ def detector(
         record = train_detector(data, run_dir, arch=arch, epochs=epochs, batch_size=batch_size,
                                 lr=lr, patience=patience, seed=seed, device=device,
                                 online_sbi=online_sbi, mask_weight=mask_weight,
-                                p_soften=p_soften, val_jpeg=val_jpeg, resume=resume,
-                                progress=cb)
+                                p_soften=p_soften, val_jpeg=val_jpeg, backbone=backbone,
+                                models_dir=models_dir, resume=resume, progress=cb)
     _print_summary(record)
 
 
@@ -188,6 +193,11 @@ def adversarial(
     lr: Annotated[float, typer.Option()] = 1e-3,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    backbone_init: Annotated[str, typer.Option(
+        help="d's backbone: auto (g's trunk when it fits) | g | none | backbone:NAME (a "
+             "pretrained backbone of --models-dir) | a safetensors path")] = "auto",
+    models_dir: Annotated[Path, typer.Option(help="model store for backbone:NAME")] =
+        REPO_ROOT / "models",
     resume: Annotated[bool, typer.Option()] = False,
 ) -> None:
     """Train d on (crop, XAI map): clean reals vs PGD-attacked fakes g calls real."""
@@ -196,7 +206,8 @@ def adversarial(
     with stage_progress(f"d ({xai}, {mode})") as cb:
         record = train_adversarial(attack_root, run_dir, detector_run, arch=arch, xai=xai,
                                    mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
-                                   seed=seed, device=device, resume=resume, progress=cb)
+                                   seed=seed, device=device, backbone_init=backbone_init,
+                                   models_dir=models_dir, resume=resume, progress=cb)
     _print_summary(record)
 
 

@@ -121,11 +121,14 @@ def _check_metrics(check: IdentityCheck | None) -> dict[str, object]:
                                "dlib_0.6_rule_holds": check.rule_holds}}
 
 
-def init_from_backbone(net: nn.Module, models_dir: Path, name: str) -> dict[str, int]:
+def init_from_backbone(
+    net: nn.Module, models_dir: Path, name: str, calib: torch.Tensor | None = None
+) -> dict[str, int]:
     """Copy a stored backbone's trunk into ``net.backbone`` (a fresh g or d's raw network).
 
-    Refuses a net without a ``backbone`` submodule, or one whose trunk does not take every
-    tensor: a silent partial load would train "from the backbone" that is not there.
+    A BatchNorm trunk is filled by :func:`unfold_affine` from ``calib`` (normalised crops, the
+    trunk's input). Refuses a net without a ``backbone`` submodule, or one whose trunk does not
+    take every tensor: a silent partial load would train "from the backbone" that is not there.
     """
     entry = load_manifest(models_dir).find(name)
     if entry is None:
@@ -138,7 +141,16 @@ def init_from_backbone(net: nn.Module, models_dir: Path, name: str) -> dict[str,
         raise ModelStoreError(f"{type(net).__name__} has no 'backbone' to initialise; use an "
                               "architecture built on the backbone (e.g. faceresnet_df, "
                               "detect_faceresnet)")
-    source = load_model(models_dir, name).net.state_dict()
+    source_net = load_model(models_dir, name).net
+    if _has_bn(target):
+        if calib is None:
+            raise ValueError("a BatchNorm trunk needs calibration crops to start from the "
+                             "backbone (init_from_backbone(..., calib=...))")
+        stats = unfold_affine(source_net.backbone, target, calib)
+        return {"tensors": len(source_net.backbone.state_dict()), "unfolded_bn": stats,
+                "calibration_crops": int(calib.shape[0]),
+                "params": sum(p.numel() for p in target.parameters())}
+    source = source_net.state_dict()
     trunk = {k[len(PREFIX):]: v for k, v in source.items() if k.startswith(PREFIX)}
     try:
         target.load_state_dict(trunk, strict=True)
@@ -146,3 +158,62 @@ def init_from_backbone(net: nn.Module, models_dir: Path, name: str) -> dict[str,
         raise ModelStoreError(f"backbone {name!r} does not fit {type(target).__name__}: {e}") \
             from None
     return {"tensors": len(trunk), "params": sum(v.numel() for v in trunk.values())}
+
+
+def _has_bn(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+
+
+def _conv_layers(trunk: nn.Module) -> dict[str, nn.Module]:
+    from app.models.face_resnet import ConvAffine
+
+    return {n: m for n, m in trunk.named_modules() if isinstance(m, ConvAffine)}
+
+
+@torch.no_grad()
+def unfold_affine(affine: nn.Module, bn: nn.Module, calib: torch.Tensor, chunk: int = 32) -> int:
+    """Fill a BatchNorm trunk from dlib's folded (affine) one so both compute the same function.
+
+    dlib ships ``y = s·conv(x) + t``. With per-channel statistics (μ, σ²) of each conv output
+    over ``calib`` (measured on the affine trunk itself), BatchNorm with running stats (μ, σ²),
+    γ = s·√(σ² + ε) and β = t + s·μ gives exactly ``y`` in eval mode and approximately the same
+    in train mode, where batch statistics stand in for (μ, σ²): fine-tuning starts from the
+    pretrained function instead of a rescaled one. Returns the number of layers unfolded.
+    """
+    src, dst = _conv_layers(affine), _conv_layers(bn)
+    if src.keys() != dst.keys():
+        raise ModelStoreError("affine and BatchNorm trunks have different layers")
+    sums: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name: str):  # noqa: ANN202 - a forward hook
+        def record(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            o = out.double()
+            acc = sums.setdefault(name, [torch.zeros(o.shape[1], dtype=torch.float64)] * 2 + [0])
+            acc[0] = acc[0] + o.sum((0, 2, 3))
+            acc[1] = acc[1] + (o * o).sum((0, 2, 3))
+            acc[2] += o.numel() // o.shape[1]
+        return record
+
+    handles = [m.conv.register_forward_hook(hook(n)) for n, m in src.items()]
+    try:
+        affine.eval()
+        for i in range(0, calib.shape[0], chunk):
+            affine(calib[i:i + chunk])
+    finally:
+        for h in handles:
+            h.remove()
+    for name, m in src.items():
+        s1, s2, n = sums[name]
+        mu = s1 / n
+        var = (s2 / n - mu * mu).clamp_min(0)
+        _set_bn(dst[name], m, mu.float(), var.float())
+    return len(src)
+
+
+def _set_bn(dst: nn.Module, src: nn.Module, mu: torch.Tensor, var: torch.Tensor) -> None:
+    dst.conv.load_state_dict(src.conv.state_dict())
+    bn = dst.bn
+    bn.running_mean.copy_(mu)
+    bn.running_var.copy_(var)
+    bn.weight.copy_(src.scale * torch.sqrt(var + bn.eps))
+    bn.bias.copy_(src.shift + src.scale * mu)

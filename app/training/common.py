@@ -72,11 +72,20 @@ def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
 
 
 def optimizer_step(
-    loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+    loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    grad_clip: float | None = None,
 ) -> None:
-    """One (possibly fp16-scaled) optimisation step, shared by the g and d training loops."""
+    """One (possibly fp16-scaled) optimisation step, shared by the g and d training loops.
+
+    ``grad_clip``: clip the global gradient norm (the pretrained face trunk has no BatchNorm,
+    and without clipping one large step can wreck it).
+    """
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(opt)
     scaler.update()
 

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from app.config import REPO_ROOT
+from app.models.backbone import init_from_backbone
 from app.models.registry import create_model
 from app.pipeline.explain import Explainer
 from app.training.attack_set import DATASET_NAME, INDEX_NAME, read_jsonl
@@ -55,6 +57,7 @@ from app.training.common import (
     seed_everything,
     set_rng_state,
 )
+from app.training.train_detector import calibration_crops
 
 log = logging.getLogger("dfshield.training")
 MODES = ("finetune", "frozen")
@@ -122,14 +125,25 @@ def _maps_like(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return m.to(x.device, x.dtype)
 
 
-def init_backbone(d: nn.Module, g: nn.Module, how: str = "auto") -> str:
-    """Initialise d's shared backbone: ``auto`` | ``g`` | ``none`` | path to a safetensors file."""
+def init_backbone(d: nn.Module, g: nn.Module, how: str = "auto",
+                  models_dir: Path = REPO_ROOT / "models",
+                  calib: torch.Tensor | None = None) -> str:
+    """Initialise d's shared backbone: ``auto`` | ``g`` | ``none`` | ``backbone:NAME`` (a
+    pretrained backbone of the model store) | path to a safetensors file."""
     backbone = d.net.backbone
     if how == "none":
         return "random"
+    if how.startswith("backbone:"):
+        name = how.split(":", 1)[1]
+        # The stored trunk is unfolded on the CPU; d may already sit on the GPU.
+        norm = None if calib is None else d.prep(calib.to(d.prep.mean.device)).cpu()
+        init_from_backbone(d.net, models_dir, name, norm)
+        return f"backbone:{name}"
     target = backbone.state_dict()
     if how in ("auto", "g"):
         src = g.net.state_dict()
+        # g's trunk is either its whole net (timm ResNet + fc) or its ``backbone`` submodule.
+        src = {k.removeprefix("backbone."): v for k, v in src.items()}
         match = {k: v for k, v in src.items() if k in target and target[k].shape == v.shape}
         if len(match) == len(target):
             backbone.load_state_dict(match, strict=True)
@@ -160,6 +174,7 @@ def train_adversarial(
     patience: int = 3,
     max_steps_per_epoch: int | None = None,
     backbone_init: str = "auto",
+    models_dir: Path = REPO_ROOT / "models",
     map_cache_mb: float = 2048.0,
     workers: int = 0,
     resume: bool = False,
@@ -178,13 +193,15 @@ def train_adversarial(
     g = g.to(dev).eval()
     arch_kwargs = {"freeze_backbone": mode == "frozen"}
     d = create_model(arch, **arch_kwargs).to(dev)
-    init = init_backbone(d, g, backbone_init)
     rows = read_jsonl(attack_root / INDEX_NAME)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
     if not train_rows or not val_rows:
         raise ValueError(f"{attack_root} needs train and val rows; re-run the attack stage")
     size = g.input_size
+    calib = (calibration_crops(attack_root, train_rows, size)
+             if backbone_init.startswith("backbone:") else None)
+    init = init_backbone(d, g, backbone_init, models_dir, calib)
     cache = MapCache(g, xai, map_cache_mb)
     train_dl = loader(CropFiles(attack_root, train_rows, size), batch_size, workers,
                       balanced_sampler([r["label"] for r in train_rows], seed),

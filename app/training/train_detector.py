@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.config import REPO_ROOT
+from app.models.backbone import init_from_backbone
 from app.models.registry import create_model
 from app.training.common import (
     BEST_NAME,
@@ -128,6 +130,16 @@ def _augmenter(augment: bool | dict[str, Any], flip: bool = True) -> Augment | N
     return Augment(**(kw if flip else {**kw, "p_flip": 0.0}))
 
 
+def calibration_crops(root: Path, recs: list[dict[str, Any]], size: int, n: int = 256,
+                      seed: int = 0) -> torch.Tensor:
+    """``n`` real training crops (a fixed random draw) in [0,1]: what a pretrained trunk's
+    BatchNorm statistics are measured on (``backbone.unfold_affine``)."""
+    reals = [r for r in recs if r["label"] == 0] or recs
+    pick = np.random.default_rng(seed).permutation(len(reals))[:n]
+    ds = CropFiles(root, [reals[int(i)] for i in pick], size)
+    return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
 def split_records(root: Path, split: str, limit: int | None = None) -> list[dict[str, Any]]:
     if not (Path(root) / "index.jsonl").is_file():
         raise FileNotFoundError(f"{root} is not a crop dataset (no index.jsonl): make one with "
@@ -165,6 +177,7 @@ def _train_epoch(
     stage: str,
     mask_head: MaskHead | None = None,
     mask_weight: float = 0.0,
+    grad_clip: float | None = None,
 ) -> float:
     """One epoch; with ``mask_head`` (online SBI batches carry blend masks) its loss, times
     ``mask_weight``, joins the classification loss."""
@@ -180,7 +193,7 @@ def _train_epoch(
             loss = F.cross_entropy(model(x).float(), y)
             if mask_head is not None and len(extra) > 1:
                 loss = loss + mask_weight * mask_head.loss(extra[1].flatten(0, 1))
-        optimizer_step(loss, opt, scaler)
+        optimizer_step(loss, opt, scaler, grad_clip)
         total, n = total + float(loss.detach()) * len(y), n + len(y)
         progress(stage, step + 1, steps)
     return total / max(n, 1)
@@ -209,6 +222,9 @@ def train_detector(
     warmup_augment: bool | dict[str, Any] = False,
     val_jpeg: int | None = None,
     mask_weight: float = 0.0,
+    backbone: str | None = None,
+    models_dir: Path = REPO_ROOT / "models",
+    grad_clip: float | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -222,16 +238,23 @@ def train_detector(
     ``val_jpeg``: also score the val crops re-encoded at this JPEG quality; the best epoch
     is then the one with the best mean of the clean and the re-encoded AUC.
     ``mask_weight`` > 0 (online SBI only): also learn where the blend is (``mask_head.py``).
+    ``backbone``: start from this pretrained backbone of ``models_dir`` (e.g. the dlib face
+    ResNet for ``faceresnet_df``) instead of random weights.
     """
     args = {k: v for k, v in locals().items() if k != "progress"}
     progress = progress or no_progress
     data_root, run_dir = Path(data_root), Path(run_dir)
     seed_everything(seed)
     dev = pick_device(device)
-    model = create_model(arch).to(dev)
+    model = create_model(arch)
     size = model.input_size
     train_recs = split_records(data_root, "train", limit_train)
     val_recs = split_records(data_root, "val")
+    init = None
+    if backbone:
+        calib = model.prep(calibration_crops(data_root, train_recs, size))
+        init = init_from_backbone(model.net, models_dir, backbone, calib)
+    model = model.to(dev)
 
     def train_loader_for(warm: bool) -> torch.utils.data.DataLoader:
         return _train_loader(data_root, train_recs, size, warmup_augment if warm else augment,
@@ -252,6 +275,7 @@ def train_detector(
         log.info("resuming %s at epoch %d", run_dir, state["epoch"])
     record = RunRecord.start(run_dir, "detector", args, seed)
     record.update(arch=arch, arch_kwargs={}, input_size=size, device=str(dev),
+                  backbone_init={"backbone": backbone, **init} if init else "random",
                   data=_data_info(data_root, train_recs, val_recs))
     t_start = time.perf_counter()
     phase, train_dl = None, None
@@ -264,7 +288,7 @@ def train_detector(
         t0 = time.perf_counter()
         loss = _train_epoch(model, train_dl, opt, scaler, dev, amp, max_steps_per_epoch,
                             progress, f"detector epoch {epoch + 1}/{epochs}", mask_head,
-                            mask_weight)
+                            mask_weight, grad_clip)
         sched.step()
         y, p = predict_p_fake(model, val_dl, dev, amp)
         auc = safe_auc(y, p)

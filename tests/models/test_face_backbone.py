@@ -160,13 +160,22 @@ def test_committed_backbone_tells_people_apart() -> None:
 
 
 def test_g_and_d_start_from_the_stored_trunk() -> None:
-    trunk = load_model(MODELS, DEFAULT_BACKBONE).net.backbone.state_dict()
+    """g and d train with BatchNorm: the stored affine trunk is unfolded into it on
+    calibration crops, and in eval mode computes the same features as the stored one."""
+    embedder = load_model(MODELS, DEFAULT_BACKBONE)
+    gen = torch.Generator().manual_seed(0)
+    crops = torch.rand(12, 3, 150, 150, generator=gen) * 0.6 + 0.2
+    with torch.no_grad():
+        want = embedder.net.backbone(embedder.prep(crops))
     for arch in ("faceresnet_df", "detect_faceresnet"):
-        net = create_model(arch).net
-        info = init_from_backbone(net, MODELS, DEFAULT_BACKBONE)
-        assert info["tensors"] == len(trunk)
-        for k, v in net.backbone.state_dict().items():
-            assert torch.equal(v, trunk[k]), k
+        model = create_model(arch)
+        with pytest.raises(ValueError, match="needs calibration crops"):
+            init_from_backbone(model.net, MODELS, DEFAULT_BACKBONE)
+        info = init_from_backbone(model.net, MODELS, DEFAULT_BACKBONE, model.prep(crops))
+        assert info["unfolded_bn"] == 29  # every conv of the ResNet-29
+        with torch.no_grad():
+            got = model.net.backbone(model.prep(crops))
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     with pytest.raises(ModelStoreError, match="has no 'backbone'"):
         init_from_backbone(create_model("resnet10t_df").net, MODELS, DEFAULT_BACKBONE)
     with pytest.raises(ModelStoreError, match="not a backbone"):
