@@ -2,7 +2,7 @@
 
 Held-out identities of the demo corpus still share its sources, crop statistics and fake
 recipe. This check takes photos from outside the corpus (any folder of images, or the demo
-photos of the ``@vladmandic/face-api`` npm tarball: six group photos, ~20 faces), and makes
+JPEG photos of the ``@vladmandic/face-api`` npm tarball: six group photos, 21 faces), and makes
 **pastes** by a recipe training never used: a face of another photo is aligned onto the target
 face by a similarity transform of the 5 MTCNN landmarks and Poisson-blended
 (``cv2.seamlessClone``) inside an ellipse around eyes, nose and mouth; the target's own crop box
@@ -30,6 +30,7 @@ from app.training.camera import DEGRADATIONS
 from app.training.common import binary_metrics, safe_auc, to_tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+PHOTO_SUFFIXES = (".jpg", ".jpeg")
 SOURCES_PER_TARGET = 3
 MIN_FACE_SIDE = 64  # pastes need landmarks good enough to align; smaller faces are skipped
 
@@ -46,8 +47,9 @@ def load_images(source: Path) -> list[tuple[str, np.ndarray]]:
     source = Path(source)
     if source.is_file() and tarfile.is_tarfile(source):
         with tarfile.open(source) as tar:
+            # Photos only: face-api's demo/ also holds PNG screenshots of its own UI.
             members = sorted((m for m in tar.getmembers() if m.isfile()
-                              and "/demo/" in m.name and m.name.lower().endswith(IMAGE_SUFFIXES)),
+                              and "/demo/" in m.name and m.name.lower().endswith(PHOTO_SUFFIXES)),
                              key=lambda m: m.name)
             raw = [(Path(m.name).name, tar.extractfile(m).read()) for m in members]  # type: ignore[union-attr]
     elif source.is_dir():
