@@ -29,10 +29,8 @@ class Preprocessor(nn.Module):
         return (x - self.mean) / self.std
 
 
-class Detector(nn.Module):
-    """g: crop → logits [B,2], index 0 = real, 1 = fake."""
-
-    REAL, FAKE = 0, 1
+class Wrapped(nn.Module):
+    """A registry network with its preprocessing in front: ``spec``, ``prep``, ``net``."""
 
     def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
         super().__init__()
@@ -48,6 +46,13 @@ class Detector(nn.Module):
     @property
     def input_size(self) -> int:
         return self.spec.preprocess.input_size
+
+
+class Detector(Wrapped):
+    """g: crop → logits [B,2], index 0 = real, 1 = fake."""
+
+    REAL, FAKE = 0, 1
+
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.prep(x))
@@ -57,7 +62,7 @@ class Detector(nn.Module):
         return self.forward(x).float().softmax(dim=1)[:, self.FAKE]
 
 
-class AdversarialDetector(nn.Module):
+class AdversarialDetector(Wrapped):
     """d: (crop, XAI map image) → logits [B,2], index 0 = clean, 1 = attacked.
 
     The raw ``net`` takes the two preprocessed tensors: ``net(crop_n, map_n)``.
@@ -66,20 +71,6 @@ class AdversarialDetector(nn.Module):
 
     CLEAN, ATTACKED = 0, 1
 
-    def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
-        super().__init__()
-        self.spec = spec
-        p = spec.preprocess
-        self.prep = Preprocessor(p.input_size, p.mean, p.std)
-        self.net = net
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def input_size(self) -> int:
-        return self.spec.preprocess.input_size
 
     def forward(self, crop: torch.Tensor, xai_map: torch.Tensor) -> torch.Tensor:
         if crop.shape[0] != xai_map.shape[0]:
@@ -91,26 +82,12 @@ class AdversarialDetector(nn.Module):
         return self.forward(crop, xai_map).float().softmax(dim=1)[:, self.ATTACKED]
 
 
-class Embedder(nn.Module):
+class Embedder(Wrapped):
     """A pretrained backbone as published: crop → descriptor [B,D] (e.g. 128-d face identity).
 
     Served by nothing; it is what g and d start from, and what conversion checks are run on.
     """
 
-    def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
-        super().__init__()
-        self.spec = spec
-        p = spec.preprocess
-        self.prep = Preprocessor(p.input_size, p.mean, p.std)
-        self.net = net
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def input_size(self) -> int:
-        return self.spec.preprocess.input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.prep(x))

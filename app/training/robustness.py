@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from app.training.common import CropFiles, binary_metrics, loader, to_tensor, to_uint8
+from app.training.crop_augment import JpegAt
 from app.training.online_sbi import soften
-from app.training.train_detector import JpegAt, predict_p_fake
+from app.training.train_detector import predict_p_fake
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

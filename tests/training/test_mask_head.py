@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from app.models.registry import create_model
+from app.training.crop_augment import JpegAt
 from app.training.mask_head import MaskHead
-from app.training.train_detector import JpegAt
 
 
 @pytest.mark.parametrize("name", ["resnet10t_df", "efficientnet_b4_st"])

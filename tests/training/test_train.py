@@ -20,11 +20,12 @@ from app.pipeline.analyze import Analyzer
 from app.schemas import Thresholds
 from app.training.attack_set import attack_set, read_jsonl
 from app.training.common import RunRecord, choose_threshold, load_checkpoint, load_trained
+from app.training.crop_augment import Augment
 from app.training.evaluate import evaluate
 from app.training.publish import publish
 from app.training.sbi import canonical_landmarks
 from app.training.train_adversarial import train_adversarial
-from app.training.train_detector import Augment, train_detector
+from app.training.train_detector import train_detector
 from tests.mediagen import DATA_DIR, clip_from_image
 
 SIDE = 48
