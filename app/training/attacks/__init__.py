@@ -1,7 +1,9 @@
-"""In-house batched-torch attack suite: every attack pushes g toward "real" in an L∞ ball.
+"""In-house batched-torch attack suite: every attack pushes g toward "real" inside a norm ball.
 
 ``run_attack("pgd", g, x)`` or ``get_attack("square", max_queries=300)(g, x)``; every attack
-returns an :class:`AttackResult`. Only PGD-attacked faces train d; the rest test it (DESIGN §2).
+returns an :class:`AttackResult` (success, L∞ and L2 distances, the ball's norm and radius).
+All are L∞ (eps 16/255) except ``ddn`` (L2, ``eps_l2``). Only PGD-attacked faces train d; the
+rest test it (DESIGN §2).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from torch import Tensor, nn
 
 from app.training.attacks.adaptive import adaptive_eq3, adaptive_eq4
 from app.training.attacks.apgd import apgd
-from app.training.attacks.base import AttackResult, margin, margin_loss
+from app.training.attacks.base import AttackResult, dlr_loss, margin, margin_loss
+from app.training.attacks.ddn import ddn
+from app.training.attacks.eot import eot_pgd
 from app.training.attacks.fgsm import fgsm
+from app.training.attacks.mifgsm import mifgsm
 from app.training.attacks.nes import nes
 from app.training.attacks.pgd import pgd
 from app.training.attacks.square import square
@@ -24,8 +29,13 @@ Attack = Callable[..., AttackResult]
 
 ATTACKS: dict[str, Attack] = {
     "pgd": pgd,
+    # Madry's uniform random start: the default of the common attack libraries.
+    "pgd_rs": partial(pgd, random_start=True),
     "fgsm": fgsm,
+    "mifgsm": mifgsm,
     "apgd": apgd,
+    "ddn": ddn,
+    "eot_pgd": eot_pgd,
     "nes": nes,
     "square": square,
     "adaptive_eq3": adaptive_eq3,
@@ -66,10 +76,14 @@ __all__ = [
     "adaptive_eq3",
     "adaptive_eq4",
     "apgd",
+    "ddn",
+    "dlr_loss",
+    "eot_pgd",
     "fgsm",
     "get_attack",
     "margin",
     "margin_loss",
+    "mifgsm",
     "nes",
     "pgd",
     "run_attack",

@@ -40,6 +40,7 @@ from app.training.attacks.base import (
     ce_loss,
     check_input,
     frozen,
+    l2,
     linf,
     margin,
     project_linf,
@@ -140,7 +141,7 @@ def adaptive_eq3(
         x_adv, queries = _optimise(x, loss_fn, eps, step, iters, early_stop)
         info = _judge(model, detector, x, x_adv)
     success = info["g_real"] & info["d_clean"]
-    return AttackResult(x_adv, success, queries, linf(x_adv, x), info)
+    return AttackResult(x_adv, success, queries, linf(x_adv, x), info, l2(x_adv, x), eps=eps)
 
 
 def adaptive_eq4(
@@ -167,7 +168,7 @@ def adaptive_eq4(
 
         x_adv, queries = _optimise(x, loss_fn, eps, step, iters, early_stop)
         info = _judge(model, detector, x, x_adv)
-    return AttackResult(x_adv, info["g_real"], queries, linf(x_adv, x), info)
+    return AttackResult(x_adv, info["g_real"], queries, linf(x_adv, x), info, l2(x_adv, x), eps=eps)
 
 
 def _optimise(

@@ -9,8 +9,9 @@ a sample halves η and restarts from its best point when
     (2) η was not halved at the last checkpoint and the best loss has not improved since.
 The momentum memory is reset at that best point (x_{k−1} := x_best).
 
-Loss: the shared margin (default) or CE. torchattacks' DLR loss needs ≥ 3 classes (it divides
-by Z_π1 − Z_π3) and breaks on a 2-logit detector, which is why it is not offered.
+Loss: the shared margin (default), CE, or "dlr". torchattacks' DLR loss needs ≥ 3 classes (it
+divides by Z_π1 − Z_π3) and breaks on a 2-logit detector; "dlr" here is the binary variant of
+base.py (the margin over the clean crop's logit scale).
 Samples stop (per restart and across restarts) as soon as g calls them real by ``kappa``; one
 query first checks the clean point, and faces already called real are returned unchanged.
 """
@@ -33,6 +34,7 @@ from app.training.attacks.base import (
     make_generator,
     make_result,
     margin,
+    pick,
     project_linf,
     scores,
     uniform_in_ball,
@@ -70,19 +72,22 @@ def apgd(
     queries = torch.ones(n, dtype=torch.long, device=x.device)
     with frozen(model):
         # Faces g already calls real are returned untouched (the random start would move them).
-        success = margin(scores(model, x)) > kappa
+        clean = scores(model, x)
+        success = margin(clean) > kappa
+        ref = clean if loss == "dlr" else None  # "dlr" scales by the clean logits
         for _ in range(restarts):
             todo = (~success).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             start = uniform_in_ball(x[todo], eps, gen)
-            run = _Run(model, x[todo], start, eps, loss, kappa).optimise(iters, rho, alpha)
+            run = _Run(model, x[todo], start, eps, loss, kappa, pick(ref, todo))
+            run = run.optimise(iters, rho, alpha)
             queries[todo] += run.queries
             keep = run.success | (run.best_loss < best_loss[todo])
             best_x[todo[keep]] = run.x_out[keep]
             best_loss[todo[keep]] = run.best_loss[keep]
             success[todo[run.success]] = True
-        return make_result(model, x, best_x, queries)
+        return make_result(model, x, best_x, queries, eps=eps)
 
 
 @dataclass
@@ -97,13 +102,21 @@ class _Run:
     """State of one APGD restart over a (sub)batch; every tensor is per sample."""
 
     def __init__(
-        self, model: nn.Module, x: Tensor, start: Tensor, eps: float, loss: LossName, kappa: float
+        self,
+        model: nn.Module,
+        x: Tensor,
+        start: Tensor,
+        eps: float,
+        loss: LossName,
+        kappa: float,
+        ref: Tensor | None = None,
     ) -> None:
         self.model, self.x, self.eps, self.loss, self.kappa = model, x, eps, loss, kappa
+        self.ref = ref  # clean logits: the "dlr" scale
         n = x.shape[0]
         self.step = torch.full((n,), 2 * eps, device=x.device)
         self.x_adv, self.x_prev = start.clone(), start.clone()
-        self.loss_cur, self.grad, m = loss_and_grad(model, start, loss, kappa)
+        self.loss_cur, self.grad, m = loss_and_grad(model, start, loss, kappa, ref)
         self.queries = torch.ones(n, dtype=torch.long, device=x.device)
         self.success = m > kappa
         self.x_succ = start.clone()
@@ -136,7 +149,9 @@ class _Run:
         eta = self.step[idx].view(-1, 1, 1, 1)
         z = project_linf(xa - eta * self.grad[idx].sign(), xs, self.eps)
         xn = project_linf(xa + a * (z - xa) + (1 - a) * (xa - self.x_prev[idx]), xs, self.eps)
-        new_loss, grad, m = loss_and_grad(self.model, xn, self.loss, self.kappa)
+        new_loss, grad, m = loss_and_grad(
+            self.model, xn, self.loss, self.kappa, pick(self.ref, idx)
+        )
         self.queries[idx] += 1
         lowered = new_loss < self.loss_cur[idx]
         self.x_prev[idx], self.x_adv[idx] = xa, xn

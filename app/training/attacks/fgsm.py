@@ -32,6 +32,7 @@ def fgsm(
     """x_adv = Π(x − step · sign(∇ loss)); ``step=None`` means ``eps``.
 
     With the margin loss, samples g already calls real (loss 0, zero gradient) stay put.
+    "dlr" needs no separate clean forward here: x itself is the clean crop.
     """
     x = check_input(x, eps)
     step = eps if step is None else step
@@ -39,4 +40,4 @@ def fgsm(
         _, grad, _ = loss_and_grad(model, x, loss, kappa)
         x_adv = project_linf(x - step * grad.sign(), x, eps)
         queries = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
-        return make_result(model, x, x_adv, queries)
+        return make_result(model, x, x_adv, queries, eps=eps)

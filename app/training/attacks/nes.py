@@ -7,10 +7,13 @@ step 1/255, 100 iterations, 5 restarts (the first from the clean crop, the other
 uniform point of the ball). Query points are clipped to [0,1]: an attacker can only submit
 valid images. The model is only ever called through ``scores`` (no_grad, never autograd).
 Queries per sample: 2·n_pairs per step + 1 evaluation of each new point (used to stop early).
+``max_queries`` caps that total per sample (None: the iters × restarts budget alone): a sample
+stops before a step that would exceed it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,7 @@ from app.training.attacks.base import (
     make_generator,
     make_result,
     margin,
+    pick,
     project_linf,
     scores,
     uniform_in_ball,
@@ -46,35 +50,41 @@ def nes(
     kappa: float = 0.0,
     seed: int = 0,
     max_batch: int | None = None,
+    max_queries: int | None = None,
 ) -> AttackResult:
     """Returns per sample the first point g calls real (by kappa), else the lowest-loss point.
 
-    ``max_batch`` caps how many images go through the model at once (queries are chunked).
+    ``max_batch`` caps how many images go through the model at once (queries are chunked);
+    ``max_queries`` caps the queries each sample may spend.
     """
     x = check_input(x, eps)
     gen = make_generator(seed, x.device)
+    budget, cost = math.inf if max_queries is None else max_queries, 2 * n_pairs + 1
     with frozen(model):
-        logits = scores(model, x, max_batch)
+        clean = scores(model, x, max_batch)
+        ref = clean if loss == "dlr" else None  # "dlr" scales by the clean logits
         ones = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
-        st = _State(x.clone(), attack_loss(logits, loss, kappa), margin(logits) > kappa, ones)
+        st = _State(x.clone(), attack_loss(clean, loss, kappa, ref), margin(clean) > kappa, ones)
         for r in range(restarts):
-            todo = (~st.success).nonzero().squeeze(1)
+            todo = (~st.success & (st.queries + cost <= budget)).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             x_cur = x.clone()
             if r > 0:
                 x_cur[todo] = uniform_in_ball(x[todo], eps, gen)
             for _ in range(iters):
-                idx = (~st.success).nonzero().squeeze(1)
+                idx = (~st.success & (st.queries + cost <= budget)).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-                est = _estimate(model, x_cur[idx], n_pairs, sigma, gen, loss, kappa, max_batch)
+                sub = pick(ref, idx)
+                est = _estimate(model, x_cur[idx], n_pairs, sigma, gen, loss, kappa, max_batch, sub)
                 x_new = project_linf(x_cur[idx] - step * est.sign(), x[idx], eps)
                 x_cur[idx] = x_new
                 logits = scores(model, x_new, max_batch)
-                st.queries[idx] += 2 * n_pairs + 1
-                st.update(idx, x_new, attack_loss(logits, loss, kappa), margin(logits) > kappa)
-        return make_result(model, x, st.best_x, st.queries, max_batch=max_batch)
+                st.queries[idx] += cost
+                new_loss = attack_loss(logits, loss, kappa, sub)
+                st.update(idx, x_new, new_loss, margin(logits) > kappa)
+        return make_result(model, x, st.best_x, st.queries, max_batch=max_batch, eps=eps)
 
 
 @dataclass
@@ -101,6 +111,7 @@ def _estimate(
     loss: LossName,
     kappa: float,
     max_batch: int | None,
+    ref: Tensor | None = None,
 ) -> Tensor:
     """Antithetic NES gradient estimate for each sample of x (scores only)."""
     b = x.shape[0]
@@ -116,7 +127,8 @@ def _estimate(
         )  # [b, k, C, H, W]
         pts = torch.cat([x.unsqueeze(1) + sigma * u, x.unsqueeze(1) - sigma * u], dim=1)
         pts = pts.clamp(0.0, 1.0).flatten(0, 1)
-        lval = attack_loss(scores(model, pts, max_batch), loss, kappa).view(b, 2 * k)
+        pts_ref = None if ref is None else ref.repeat_interleave(2 * k, dim=0)
+        lval = attack_loss(scores(model, pts, max_batch), loss, kappa, pts_ref).view(b, 2 * k)
         diff = (lval[:, :k] - lval[:, k:]).view(b, k, 1, 1, 1)
         est += (diff * u).sum(dim=1)
     return est / (2 * n_pairs * sigma)

@@ -88,7 +88,7 @@ def square(
             # Lower margin loss (Z_fake − Z_real) ⇔ higher margin; ties keep the old point.
             better = m_new > m_best[idx]
             x_best[idx[better]], m_best[idx[better]] = x_new[better], m_new[better]
-        return make_result(model, x, x_best, queries, max_batch=max_batch)
+        return make_result(model, x, x_best, queries, max_batch=max_batch, eps=eps)
 
 
 def _side(p: float, h: int, w: int) -> int:
