@@ -165,18 +165,50 @@ def attack(
     detector_run: Annotated[Path, typer.Argument(help="run dir (or checkpoint) of g")],
     out: Annotated[Path, typer.Argument(help="attacked crop set to write")],
     attack_name: Annotated[str, typer.Option("--attack", help="pgd|fgsm|apgd|nes|square")] = "pgd",
+    train_attacks: Annotated[str | None, typer.Option(
+        help="a mix instead of --attack: comma-separated attack names, or 'mix' for "
+             "pgd,pgd_rs,apgd,mifgsm,fgsm,eot_pgd,ddn,square,nes")] = None,
+    eps_grid: Annotated[str | None, typer.Option(
+        help="L∞ budgets in /255 for the mix, e.g. 2,4,8,16 (default: each attack's own)")]
+        = None,
+    benign: Annotated[int, typer.Option(
+        min=0, help="benign-corrupted copies of each clean crop in the clean class")] = 0,
     limit: Annotated[int | None, typer.Option(help="fake crops per split at most")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Attack the fake crops g gets right; keep those g now calls real, plus clean reals."""
+    from app.training.attack_mix import parse_names
     from app.training.attack_set import attack_set
 
-    with stage_progress(attack_name) as cb:
+    grid = [float(e) for e in eps_grid.split(",")] if eps_grid else None
+    with stage_progress(train_attacks or attack_name) as cb:
         summary = attack_set(data, detector_run, out, attack=attack_name, limit=limit,
-                             batch_size=batch_size, seed=seed, device=device, progress=cb)
+                             batch_size=batch_size, seed=seed, device=device,
+                             train_attacks=parse_names(train_attacks), eps_grid=grid,
+                             benign=benign, progress=cb)
     _print_summary(summary)
+
+
+def _build_attack_root(
+    root: Path, data: Path | None, g_run: Path, names: str, eps_grid: str | None, benign: int,
+    seed: int, device: str,
+) -> None:
+    from app.training.attack_mix import parse_names
+    from app.training.attack_set import INDEX_NAME, attack_set
+
+    if (root / INDEX_NAME).is_file():
+        raise typer.BadParameter(f"{root} already holds an attack set; drop --train-attacks "
+                                 "to train on it, or choose a new ATTACK_ROOT")
+    if data is None:
+        raise typer.BadParameter("--train-attacks needs --data (the crop dataset to attack)")
+    grid = [float(e) for e in eps_grid.split(",")] if eps_grid else None
+    parsed = parse_names(names) or []
+    mix = None if parsed == ["pgd"] and grid is None else parsed  # the paper's: one PGD
+    with stage_progress(names) as cb:
+        attack_set(data, g_run, root, train_attacks=mix,
+                   eps_grid=grid, benign=benign, seed=seed, device=device, progress=cb)
 
 
 @train_app.command()
@@ -198,16 +230,32 @@ def adversarial(
              "pretrained backbone of --models-dir) | a safetensors path")] = "auto",
     models_dir: Annotated[Path, typer.Option(help="model store for backbone:NAME")] =
         REPO_ROOT / "models",
+    tau_far: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="tau_attacked for at most this false-alarm rate on val clean "
+                               "(default: Youden's J)")] = None,
+    exclude_family: Annotated[list[str] | None, typer.Option(
+        help="leave this attack family out of train/val (repeatable)")] = None,
+    train_attacks: Annotated[str | None, typer.Option(
+        help="build ATTACK_ROOT first from --data with this mix ('pgd' = the paper's "
+             "recipe, 'mix' = every family; see train attack)")] = None,
+    data: Annotated[Path | None, typer.Option(help="crop dataset for --train-attacks")] = None,
+    eps_grid: Annotated[str | None, typer.Option(help="with --train-attacks, /255")] = None,
+    benign: Annotated[int, typer.Option(min=0, help="with --train-attacks")] = 0,
     resume: Annotated[bool, typer.Option()] = False,
 ) -> None:
-    """Train d on (crop, XAI map): clean reals vs PGD-attacked fakes g calls real."""
+    """Train d on (crop, XAI map): clean reals vs attacked fakes g calls real."""
     from app.training.train_adversarial import train_adversarial
 
+    if train_attacks:
+        _build_attack_root(attack_root, data, detector_run, train_attacks, eps_grid, benign,
+                           seed, device)
     with stage_progress(f"d ({xai}, {mode})") as cb:
         record = train_adversarial(attack_root, run_dir, detector_run, arch=arch, xai=xai,
                                    mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
                                    seed=seed, device=device, backbone_init=backbone_init,
-                                   models_dir=models_dir, resume=resume, progress=cb)
+                                   models_dir=models_dir, tau_far=tau_far,
+                                   exclude_families=exclude_family or [], resume=resume,
+                                   progress=cb)
     _print_summary(record)
 
 
@@ -220,6 +268,10 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option(help="report folder")] = Path("reports/latest"),
     transfer_detector: Annotated[Path | None, typer.Option(help="second g (Table 8)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="test crops per attack")] = 200,
+    robust: Annotated[bool, typer.Option(
+        help="section (h): d per attack x budget, benign false alarms, torchattacks")] = False,
+    lofo: Annotated[Path | None, typer.Option(help="lofo.json of `train lofo` to include")]
+        = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -229,7 +281,34 @@ def evaluate(
     with stage_progress("evaluate") as cb:
         summary = run_evaluate(data, detector_run, adversarial_runs, out_dir=out_dir,
                                transfer_detector_run=transfer_detector, limit=limit, seed=seed,
-                               device=device, progress=cb)
+                               device=device, robust=robust, lofo_json=lofo, progress=cb)
+    _print_summary(summary)
+
+
+@train_app.command("lofo")
+@user_errors
+def lofo_cmd(
+    attack_root: Annotated[Path, typer.Argument(help="a mixed attack set (train attack "
+                                                     "--train-attacks mix)")],
+    out_dir: Annotated[Path, typer.Argument(help="where the retrained d runs go")],
+    detector_run: Annotated[Path, typer.Option("--detector", help="run dir of g")],
+    family: Annotated[list[str] | None, typer.Option(help="only these families")] = None,
+    full_run: Annotated[Path | None, typer.Option(
+        help="an existing d trained on every family (else one is trained)")] = None,
+    arch: Annotated[str, typer.Option(help="registered adversarial detector")] = "detect_resnet10t",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    tau_far: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = 0.03,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Leave-one-family-out: retrain d without each attack family, test it on that family."""
+    from app.training.lofo import lofo
+
+    with stage_progress("lofo") as cb:
+        summary = lofo(attack_root, detector_run, out_dir, families=family, full_run=full_run,
+                       progress=cb, arch=arch, epochs=epochs, batch_size=batch_size,
+                       tau_far=tau_far, seed=seed, device=device)
     _print_summary(summary)
 
 

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.training.attack_mix import AttackJob, family_of, jobs_for
 from app.training.attacks import ATTACKS, run_attack
+from app.training.benign import random_corruption
 from app.training.common import (
     ProgressFn,
     RunRecord,
@@ -221,6 +223,9 @@ def attack_set(
     tau_fake: float | None = None,
     margin_slack: float = MARGIN_SLACK,
     overrides: dict[str, Any] | None = None,
+    train_attacks: Sequence[str] | None = None,
+    eps_grid: Sequence[float] | None = None,
+    benign: int = 0,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Write ``out/index.jsonl`` + PNGs + ``dataset.json``; returns per-split stats.
@@ -228,6 +233,11 @@ def attack_set(
     ``detector``: a train_detector run dir (its best checkpoint and tau_fake) or a model.
     ``limit``: at most this many fake crops attacked per split (``limit_real``: real crops
     kept per split, default ``limit``), drawn at random with ``seed``.
+    ``train_attacks``: a mix of attacks (``attack_mix.py``) instead of the one ``attack``;
+    each caught fake is attacked by one (attack, budget) job drawn at random, budgets over
+    ``eps_grid`` (/255), ``overrides`` then per attack name. ``benign``: this many randomly
+    corrupted copies of each clean crop join the clean class (``benign.py``), kept when g
+    still calls them real.
     """
     args = {k: v for k, v in locals().items() if k not in ("progress", "detector")}
     args["detector"] = str(detector) if isinstance(detector, Path | str) else "<model>"
@@ -236,6 +246,9 @@ def attack_set(
     dev = pick_device(device)
     g, tau = _resolve_detector(detector, dev, tau_fake)
     size = g.input_size
+    jobs = ([AttackJob(attack, attack, family_of(attack), dict(overrides or {}))]
+            if not train_attacks else
+            jobs_for(train_attacks, eps_grid, base=overrides))
     record = RunRecord.start(out, "attack_set", args, seed)
     rows: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
@@ -246,16 +259,19 @@ def attack_set(
         recs = [r for r in read_index(data_root) if r["split"] == split]
         fakes = _pick([r for r in recs if int(r["label"]) == 1], limit, rng)
         reals = _pick([r for r in recs if int(r["label"]) == 0], limit_real, rng)
-        split_rows, stats[split] = _one_split(
-            g, data_root, out, split, fakes, reals, size, attack, tau, batch_size, seed,
-            margin_slack, overrides, progress or no_progress)
+        ctx = _SplitCtx(g, data_root, out, split, size, tau, batch_size, seed, margin_slack,
+                        progress or no_progress, rng)
+        split_rows, stats[split] = _one_split(ctx, fakes, reals, jobs, benign)
         rows += split_rows
     atomic_write_text(out / INDEX_NAME, "".join(json.dumps(r) + "\n" for r in rows))
-    meta = {"kind": "attack_set", "attack": attack, "tau_fake": tau, "crop_size": size,
+    meta = {"kind": "attack_set", "attack": attack if not train_attacks else "mix",
+            "train_attacks": list(train_attacks or [attack]),
+            "jobs": [{"label": j.label, "attack": j.attack, "family": j.family,
+                      "overrides": j.overrides} for j in jobs],
+            "benign_per_clean": benign, "tau_fake": tau, "crop_size": size,
             "detector": args["detector"], "source": str(data_root.resolve()),
             "classes": {"0": "clean", "1": "attacked"}, "stats": stats,
-            "overrides": overrides or {}, "kappa": _attack_kwargs(
-                attack, tau, seed, margin_slack, None, overrides).get("kappa")}
+            "overrides": overrides or {}, "kappa": kappa_for(tau, margin_slack)}
     atomic_write_text(out / DATASET_NAME, json.dumps(meta, indent=2) + "\n")
     record.add_timing("attack_set", time.perf_counter() - t0)
     record.finish(metrics=stats, tau_fake=tau, crop_size=size)
@@ -272,54 +288,99 @@ def _resolve_detector(
     return g, float(tau)
 
 
+@dataclass
+class _SplitCtx:
+    g: nn.Module
+    root: Path
+    out: Path
+    split: str
+    size: int
+    tau: float
+    batch_size: int
+    seed: int
+    margin_slack: float
+    progress: ProgressFn
+    rng: np.random.Generator
+
+
 def _one_split(
-    g: nn.Module,
-    root: Path,
-    out: Path,
-    split: str,
+    ctx: _SplitCtx,
     fakes: list[dict[str, Any]],
     reals: list[dict[str, Any]],
-    size: int,
-    attack: str,
-    tau: float,
-    batch_size: int,
-    seed: int,
-    margin_slack: float,
-    overrides: dict[str, Any] | None,
-    progress: ProgressFn,
+    jobs: Sequence[AttackJob],
+    benign: int,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+    rows, n_benign = [], 0
     for start in range(0, len(reals), CHUNK):
-        recs = reals[start:start + CHUNK]
-        x_real = load_crops(root, recs, size)
-        for i, (r, x, p) in enumerate(zip(recs, x_real, p_fake_of(g, x_real, batch_size).tolist(),
-                                          strict=True)):
-            if p < tau:
-                path = f"{split}/clean/{start + i:06d}.png"
-                write_png(out / path, to_uint8(x))
-                rows.append(_row(r, path, 0, split, "clean", p, p, 0.0, None))
-    n_clean, n_caught, results = len(rows), 0, []
+        part = _clean_rows(ctx, reals[start:start + CHUNK], start, benign)
+        rows += part
+        n_benign += sum(r["attack"] != "clean" for r in part)
+    n_clean, n_caught, results, per_job = len(rows) - n_benign, 0, [], {}
     for start in range(0, len(fakes), CHUNK):
         recs = fakes[start:start + CHUNK]
-        x_fake = load_crops(root, recs, size)
-        p_fake = p_fake_of(g, x_fake, batch_size)
-        caught = (p_fake >= tau).nonzero().squeeze(1)
+        x_fake = load_crops(ctx.root, recs, ctx.size)
+        p_fake = p_fake_of(ctx.g, x_fake, ctx.batch_size)
+        caught = (p_fake >= ctx.tau).nonzero().squeeze(1)
         n_caught += int(caught.numel())
-        res = attack_crops(g, x_fake[caught], attack, tau, batch_size, seed + start,
-                           margin_slack, overrides=overrides, progress=progress)
-        results.append(res)
-        for j, k in enumerate(caught.tolist()):
-            if res.fooled[j]:
-                path = f"{split}/attacked/{start + k:06d}.png"
-                write_png(out / path, res.adv[j])
-                q = None if res.queries is None else int(res.queries[j])
-                rows.append(_row(recs[k], path, 1, split, attack, float(p_fake[k]),
-                                 float(res.p_fake_after[j]), float(res.linf[j]), q))
+        which = ctx.rng.permutation(len(caught)) % len(jobs)
+        for j, job in enumerate(jobs):
+            sel = caught[torch.from_numpy(np.flatnonzero(which == j))]
+            res = attack_crops(ctx.g, x_fake[sel], job.attack, ctx.tau, ctx.batch_size,
+                               ctx.seed + start + j, ctx.margin_slack,
+                               overrides=job.overrides, progress=ctx.progress)
+            results.append(res)
+            per_job.setdefault(job.label, []).append(res)
+            rows += _attacked_rows(ctx, recs, sel.tolist(), start, job.label, p_fake, res)
     merged = AttackedBatch.cat(results)
-    stats = {"real": len(reals), "real_called_real": n_clean, "fake": len(fakes),
-             "fake_called_fake": n_caught, **merged.stats(),
+    stats = {"real": len(reals), "real_called_real": n_clean, "benign_kept": n_benign,
+             "fake": len(fakes), "fake_called_fake": n_caught, **merged.stats(),
              "attacked_kept": int(merged.fooled.sum())}
+    if len(jobs) > 1:
+        stats["jobs"] = {k: {**(b := AttackedBatch.cat(v)).stats(),
+                             "kept": int(b.fooled.sum())} for k, v in per_job.items()}
     return rows, stats
+
+
+def _clean_rows(
+    ctx: _SplitCtx, recs: list[dict[str, Any]], start: int, benign: int
+) -> list[dict[str, Any]]:
+    """Real crops g calls real, plus ``benign`` corrupted copies of each that g still does."""
+    rows: list[dict[str, Any]] = []
+    x_real = load_crops(ctx.root, recs, ctx.size)
+    p_real = p_fake_of(ctx.g, x_real, ctx.batch_size).tolist()
+    kept = [(i, to_uint8(x_real[i])) for i, p in enumerate(p_real) if p < ctx.tau]
+    for i, img in kept:
+        path = f"{ctx.split}/clean/{start + i:06d}.png"
+        write_png(ctx.out / path, img)
+        rows.append(_row(recs[i], path, 0, ctx.split, "clean", p_real[i], p_real[i], 0.0, None))
+    if benign <= 0 or not kept:
+        return rows
+    copies = [(i, k, *random_corruption(img, ctx.rng)) for i, img in kept for k in range(benign)]
+    x_c = torch.stack([to_tensor(c[2]) for c in copies])
+    for (i, k, img, names), p in zip(copies, p_fake_of(ctx.g, x_c, ctx.batch_size).tolist(),
+                                     strict=True):
+        if p < ctx.tau:
+            path = f"{ctx.split}/benign/{start + i:06d}_{k}.png"
+            write_png(ctx.out / path, img)
+            linf = float(np.abs(img.astype(np.int16) - to_uint8(x_real[i])).max()) / 255
+            rows.append(_row(recs[i], path, 0, ctx.split, f"benign:{names}", p_real[i], p,
+                             linf, None))
+    return rows
+
+
+def _attacked_rows(
+    ctx: _SplitCtx, recs: list[dict[str, Any]], picked: list[int], start: int, label: str,
+    p_fake: torch.Tensor, res: AttackedBatch,
+) -> list[dict[str, Any]]:
+    rows = []
+    for j, k in enumerate(picked):
+        if res.fooled[j]:
+            path = f"{ctx.split}/attacked/{start + k:06d}.png"
+            write_png(ctx.out / path, res.adv[j])
+            q = None if res.queries is None else int(res.queries[j])
+            rows.append(_row(recs[k], path, 1, ctx.split, label, float(p_fake[k]),
+                             float(res.p_fake_after[j]), float(res.linf[j]), q))
+    return rows
 
 
 def _row(

@@ -12,6 +12,7 @@ g's clean metrics use the whole split; all attacks hit the same random subset of
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ from app.training.data import read_index
 from app.training.e2e import video_end_to_end
 from app.training.overhead import measure_overhead
 from app.training.report import frame_video_precision, group_detection, write_report
+from app.training.robust_eval import eval_jobs, robust_section
 from app.training.robustness import robustness
 from app.training.train_detector import predict_p_fake
 
@@ -288,9 +290,16 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     notes: Sequence[str] = (),
+    robust: bool = False,
+    lofo_json: Path | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Run every evaluation on ``split`` and write ``out_dir/report.{md,json}`` + ROC PNGs."""
+    """Run every evaluation on ``split`` and write ``out_dir/report.{md,json}`` + ROC PNGs.
+
+    ``robust``: also section (h), d against the attack × budget grid, benign corruptions and
+    an independent library (``robust_eval.py``); ``lofo_json``: a ``train lofo`` result to
+    include in it.
+    """
     args = {k: v for k, v in locals().items() if k != "progress"}
     progress, overrides = progress or no_progress, attack_overrides or {}
     seed_everything(seed)
@@ -327,6 +336,12 @@ def evaluate(
     with timed(record, "adaptive"):
         report["adaptive"] = _adaptive(suite, ds, adaptive, overrides, batch_size, seed,
                                        progress)
+    if robust and (primary := primary_d(ds)) is not None:
+        with timed(record, "robust"):
+            report["robust"] = robust_section(suite, primary, eval_jobs(), batch_size, seed,
+                                              progress)
+    if lofo_json is not None:
+        report["lofo"] = json.loads(Path(lofo_json).read_text(encoding="utf-8"))
     with timed(record, "videos"):
         report["videos"] = video_end_to_end(data_root, g, tau, primary_d(ds), dev,
                                             max_frames=video_frames, progress=progress)

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from app.training.common import atomic_write_text, jsonable, now_iso
+from app.training.robust_eval import robust_markdown, robust_targets
 
 XAI_COLUMNS = (("guided_backprop", "G-Backprop"), ("input_x_gradient", "Inp × Grad"),
                ("integrated_gradients", "Int-Grad"), ("saliency", "Saliency"))
@@ -118,7 +119,7 @@ def compute_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     drop = None if pgd is None or pgdb is None else pgd - pgdb
     targets.append(_target("PGD-B below PGD with maps (accuracy drop)", drop, TARGET_PGDB_GAP,
                            "maps replaced by zeros; 'measurably' = at least 2 points"))
-    return targets
+    return targets + robust_targets(report.get("robust"), report.get("lofo"))
 
 
 # ------------------------------------------------------------------------- rendering
@@ -320,6 +321,7 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
     md += ["## (c) ROC curves", "", *(f"![{f}]({f})" for f in files), ""]
     md += _section_transfer(report, attacks) + [""] + _section_adaptive(report)
     md += _section_overhead(report) + [""] + _section_videos(report)
+    md += robust_markdown(report.get("robust"), report.get("lofo"))
     slack = report.get("margin_slack")
     md += ["## Attack budgets and notes", "", *(f"- {n}" for n in report.get("notes", [])),
            f"- success = g calls the uint8-rounded crop real (p_fake < tau_fake); attacks with "

@@ -34,7 +34,9 @@ from app.config import REPO_ROOT
 from app.models.backbone import init_from_backbone
 from app.models.registry import create_model
 from app.pipeline.explain import Explainer
+from app.training.attack_mix import family_of
 from app.training.attack_set import DATASET_NAME, INDEX_NAME, read_jsonl
+from app.training.camera import threshold_for_fpr
 from app.training.common import (
     BEST_NAME,
     LAST_NAME,
@@ -177,10 +179,19 @@ def train_adversarial(
     models_dir: Path = REPO_ROOT / "models",
     map_cache_mb: float = 2048.0,
     workers: int = 0,
+    tau_far: float | None = None,
+    exclude_families: tuple[str, ...] | list[str] = (),
     resume: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Train d; returns the run record (also in ``run_dir/record.json``)."""
+    """Train d; returns the run record (also in ``run_dir/record.json``).
+
+    ``tau_far``: choose tau_attacked for at most this false-alarm rate on the val clean class
+    (benign corruptions included) instead of Youden's J, which sits at the midpoint of
+    whatever attacks val holds and says nothing about false alarms.
+    ``exclude_families``: attacked rows of these families (``attack_mix.FAMILY``) are left out
+    of train and val but kept in test: leave-one-family-out, the honest "unseen attack" test.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     args = {k: v for k, v in locals().items() if k not in ("progress", "detector")}
@@ -193,7 +204,8 @@ def train_adversarial(
     g = g.to(dev).eval()
     arch_kwargs = {"freeze_backbone": mode == "frozen"}
     d = create_model(arch, **arch_kwargs).to(dev)
-    rows = read_jsonl(attack_root / INDEX_NAME)
+    rows = [r for r in read_jsonl(attack_root / INDEX_NAME)
+            if r["split"] == "test" or family_of(str(r["attack"])) not in exclude_families]
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
     if not train_rows or not val_rows:
@@ -263,7 +275,7 @@ def train_adversarial(
     record.add_timing("train", time.perf_counter() - t_start)
     record.update(map_cache={"computed": cache.computed, "cached_mb": cache.used / 2**20})
     return _finish(record, d, rows, attack_root, size, cache, val_dl, dev, amp, batch_size,
-                   workers, state)
+                   workers, state, tau_far)
 
 
 def _epoch(
@@ -307,29 +319,48 @@ def _finish(
     batch_size: int,
     workers: int,
     state: dict[str, Any],
+    tau_far: float | None = None,
 ) -> dict[str, Any]:
-    """Best epoch back, tau_attacked on val (Youden J), val and test metrics."""
+    """Best epoch back, tau_attacked on val (Youden J or a stated FAR), val and test metrics."""
     d.net.load_state_dict(load_checkpoint(record.run_dir / BEST_NAME, dev)["model"])
     y, p = predict_p_attacked(d, val_dl, cache.fn("val"), dev, amp)
-    tau = choose_threshold(y, p)
+    tau = choose_threshold(y, p) if tau_far is None else threshold_for_fpr(p[y == 0], tau_far)
+    val_rows = [r for r in rows if r["split"] == "val"]
     metrics: dict[str, Any] = {"val": binary_metrics(y, p, tau),
-                               "val_at_0.5": binary_metrics(y, p, 0.5)}
+                               "val_at_0.5": binary_metrics(y, p, 0.5),
+                               "val_by_attack": rates_by_attack(val_rows, p, tau)}
     test_rows = [r for r in rows if r["split"] == "test"]
     if test_rows:
         dl = loader(CropFiles(root, test_rows, size), batch_size, workers)
         yt, pt = predict_p_attacked(d, dl, cache.fn("test"), dev, amp)
         metrics["test"] = binary_metrics(yt, pt, tau)
         metrics["test_at_0.5"] = binary_metrics(yt, pt, 0.5)
-    record.finish(thresholds={"tau_attacked": tau}, metrics=metrics,
+        metrics["test_by_attack"] = rates_by_attack(test_rows, pt, tau)
+    record.finish(thresholds={"tau_attacked": tau,
+                              "rule": "youden" if tau_far is None else f"far<={tau_far}"},
+                  metrics=metrics,
                   best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                   best_checkpoint=BEST_NAME)
     return record.data
 
 
+def rates_by_attack(
+    rows: list[dict[str, Any]], p: np.ndarray, tau: float
+) -> dict[str, dict[str, float | int]]:
+    """Share flagged (p ≥ tau) per row group: each attack label, ``clean``, ``benign``."""
+    groups: dict[str, list[float]] = {}
+    for r, pi in zip(rows, np.asarray(p).tolist(), strict=True):
+        key = "benign" if str(r["attack"]).startswith("benign:") else str(r["attack"])
+        groups.setdefault(key, []).append(pi)
+    return {k: {"n": len(v), "flagged": float(np.mean(np.asarray(v) >= tau))}
+            for k, v in sorted(groups.items())}
+
+
 def _attack_meta(root: Path) -> dict[str, Any]:
     path = root / DATASET_NAME
     meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    keep = ("attack", "tau_fake", "kappa", "crop_size", "detector", "source", "overrides")
+    keep = ("attack", "train_attacks", "benign_per_clean", "tau_fake", "kappa", "crop_size",
+            "detector", "source", "overrides")
     return {k: meta[k] for k in keep if k in meta}
 
 
