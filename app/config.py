@@ -6,12 +6,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 XaiMethod = Literal["saliency", "guided_backprop", "input_x_gradient", "integrated_gradients"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+GuardAction = Literal["flag", "verdict_only", "throttle", "reject"]
+ScoreExposure = Literal["full", "rounded", "verdict"]
 
 
 class Settings(BaseSettings):
@@ -83,6 +85,39 @@ class Settings(BaseSettings):
     sync_wait_max_s: float = Field(60.0, ge=0, description="cap on the analyze `wait` field")
     log_level: str = "INFO"
     log_json: bool = True
+
+    # --- guard: stateful detection of query-based attack campaigns (app/guard, README) ---
+    guard_enabled: bool = Field(True, description="fingerprint faces and judge keys")
+    # Never logged (SecretStr); unset: a random salt is generated once and kept in Redis.
+    guard_salt: SecretStr | None = Field(None, description="secret salt of the fingerprints")
+    guard_hashes: int = Field(
+        20, ge=4, le=64, description="hashes kept per face (top-S, half per view)"
+    )
+    guard_match_threshold: int = Field(
+        3, ge=1, description="near-duplicate: a face shares more than this many in one view"
+    )
+    guard_ttl_s: int = Field(86_400, ge=1, description="memory lifetime of fingerprints")
+    guard_bucket_cap: int = Field(64, ge=1, description="faces kept per hash bucket, newest")
+    guard_min_matches: int = Field(
+        6, ge=1, description="near-duplicate uploads among a group's recent ones to suspect it"
+    )
+    guard_recent_uploads: int = Field(20, ge=1, description="recent uploads the rule looks at")
+    guard_link_min: int = Field(
+        2, ge=1, description="cross-key matching uploads that link two keys into one group"
+    )
+    guard_group_max: int = Field(32, ge=1, description="keys followed through links per group")
+    guard_suspect_ttl_s: int = Field(
+        86_400, ge=1, description="a key stays suspected this long after its last evidence"
+    )
+    guard_action: GuardAction = Field(
+        "flag", description="what suspected keys get: flag | verdict_only | throttle | reject"
+    )
+    guard_throttle_per_min: int = Field(
+        2, ge=1, description="submits per minute left to a suspected key (action throttle)"
+    )
+    score_exposure: ScoreExposure = Field(
+        "full", description="scores shown to keys without admin/moderate: full|rounded|verdict"
+    )
 
 
 @lru_cache
