@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-STAGES = ("decode", "faces", "detector", "xai", "adversarial")
+STAGES = ("decode", "faces", "detector", "xai", "adversarial", "guard")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 QUEUE_DEPTH = Gauge("dfshield_queue_depth", "Jobs accepted and not finished (waiting + pending)")
@@ -22,8 +22,8 @@ BATCH_SIZE = Histogram(
 )
 STAGE_SECONDS = Histogram(
     "dfshield_stage_seconds",
-    "Pipeline stage latency: decode and faces per frame chunk; detector, xai and adversarial "
-    "per model batch",
+    "Pipeline stage latency: decode, faces and guard per frame chunk; detector, xai and "
+    "adversarial per model batch",
     ["stage"],
     buckets=_LATENCY_BUCKETS,
 )
@@ -38,6 +38,17 @@ JOBS = Counter(
 VERDICTS = Counter(  # level: video | frame | face
     "dfshield_verdicts", "Verdicts of finished jobs", ["level", "verdict"]
 )
+QUERY_ATTACK_FLAGS = Counter(
+    "dfshield_query_attack_flags",
+    "API keys newly suspected by the guard of a query-based attack campaign",
+)
+SUSPECTED_KEYS = Gauge(
+    "dfshield_query_attack_suspected_keys", "API keys currently suspected by the guard"
+)
+GUARD_UPLOADS = Counter(  # kind: new | near_duplicate | exact_repeat
+    "dfshield_guard_uploads", "Uploads counted by the guard, by kind", ["kind"]
+)
+GUARD_FACES = Counter("dfshield_guard_faces", "Face crops fingerprinted by the guard")
 HTTP_REQUESTS = Counter(
     "dfshield_http_requests", "HTTP requests", ["method", "route", "status"]
 )

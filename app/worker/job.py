@@ -16,6 +16,7 @@ import numpy as np
 
 from app.api.metrics import STAGE_SECONDS
 from app.config import Settings
+from app.guard.policy import Guard, UploadGuard
 from app.media import MediaLimits, SampledFrame, open_media
 from app.pipeline.analyze import Analyzer, build_frame, build_result
 from app.pipeline.explain import map_to_heatmap
@@ -59,8 +60,10 @@ class JobRunner:
         batcher: Batcher[CropItem, ScoredCrop],
         analyzer: Analyzer,
         faces: FaceDetector,
+        guard: Guard | None = None,
     ) -> None:
         self.settings = settings
+        self.guard = guard
         self.store = store
         self.batcher = batcher
         self.analyzer = analyzer
@@ -74,6 +77,7 @@ class JobRunner:
         if job.max_frames and job.max_frames > limits.max_frames_cap:  # settings changed since
             limits = replace(limits, max_frames_cap=job.max_frames)
         source = open_media(Path(job.media_path), limits, job.max_frames)
+        watch = self.guard.start(job.id, job.owner, Path(job.media_path)) if self.guard else None
         total = len(source)
         self.store.set_progress(job.id, 0, total)
         timings: dict[str, float] = defaultdict(float)
@@ -91,7 +95,9 @@ class JobRunner:
             _stage(timings, "decode", t0)
             if not chunk:
                 break
-            frames.extend(self._chunk(job, chunk, total, timings, cancelled, tracker))
+            frames.extend(self._chunk(job, chunk, total, timings, cancelled, tracker, watch))
+        if watch is not None:  # judged before the result is visible: the next query sees it
+            watch.finish()
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return build_result(source.info, frames, self.analyzer, job.xai_method, timings,
                             source.warnings, self.faces.quality)
@@ -104,12 +110,15 @@ class JobRunner:
         timings: dict[str, float],
         cancelled: Callable[[], bool],
         tracker: FaceTracker,
+        watch: UploadGuard | None = None,
     ) -> list[FramePublic]:
         t0 = time.perf_counter()
         detected = self.faces.detect([f.image for f in chunk])
         _stage(timings, "faces", t0)
         items = [CropItem(face.crop, job.xai_method) for per in detected for face in per]
         futures: list[Future[ScoredCrop]] = self.batcher.submit_many(items, expired=cancelled)
+        if watch is not None:  # fingerprints of the crops g sees, while the batcher scores them
+            watch.observe([item.crop for item in items])
         scored = [f.result(timeout=SCORE_TIMEOUT_S) for f in futures]
         for s in scored:
             for stage, ms in s.cost_ms.items():

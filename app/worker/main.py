@@ -28,6 +28,7 @@ import redis
 
 from app.api.metrics import JOB_SECONDS, JOBS, VERDICTS
 from app.config import Settings
+from app.guard.policy import Guard
 from app.logs import bind_job
 from app.media import MediaError
 from app.pipeline.analyze import Analyzer
@@ -70,6 +71,7 @@ class Worker:
         self.analyzer = analyzer
         self.on_finished = on_finished
         self.webhooks = WebhookNotifier(settings, self.store)
+        self.guard = Guard.from_settings(settings, r) if settings.guard_enabled else None
         self.batcher: Batcher[CropItem, ScoredCrop] | None = None
         self.stopping = threading.Event()
         self.ready = threading.Event()
@@ -173,7 +175,8 @@ class Worker:
         assert self.analyzer is not None and self.batcher is not None
         faces = FaceDetector.from_settings(self.settings, self.analyzer.device,
                                            self.analyzer.crop_size)
-        runner = JobRunner(self.settings, self.store, self.batcher, self.analyzer, faces)
+        runner = JobRunner(self.settings, self.store, self.batcher, self.analyzer, faces,
+                           self.guard)
         min_idle_ms = int(self.settings.visibility_timeout_s * 1000)
         while not self.stopping.is_set():
             try:
