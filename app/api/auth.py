@@ -1,4 +1,5 @@
-"""API keys with roles (``submit``, ``read``, ``admin``), stored and compared as hashes.
+"""API keys with roles (``submit``, ``read``, ``moderate``, ``admin``), stored and compared as
+hashes.
 
 Configuration (``DFSHIELD_API_KEYS``): a comma-separated list of ``KEY_OR_HASH:role[+role...]``,
 for example ``sha256$9f86d0...:submit+read,sha256$2c26b4...:admin``. The key part is either
@@ -11,8 +12,10 @@ The API reads the :class:`KeyRing` from ``request.app.state.keyring`` (set it at
 :func:`build_keyring`, which also refuses an open production service); when that attribute is
 missing the ring is built once from :func:`app.config.get_settings` and cached there.
 
-Roles: ``admin`` implies every other role. With no keys configured (or ``auth_disabled``) the
-service runs in *open mode*: every request is an anonymous principal holding all roles.
+Roles: ``admin`` implies every other role. ``moderate`` reads every key's analyses (it implies
+``read``) and sees the guard's flags, but cannot delete what others submitted. With no keys
+configured (or ``auth_disabled``) the service runs in *open mode*: every request is an
+anonymous principal holding all roles.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from fastapi import HTTPException, Request, status
 
 from app.config import Settings, get_settings
 
-ROLES = frozenset({"submit", "read", "admin"})
+ROLES = frozenset({"submit", "read", "moderate", "admin"})
 HASH_PREFIX = "sha256$"
 KEY_ID_LEN = 12
 ANONYMOUS_ID = "anonymous"
@@ -48,7 +51,20 @@ class Principal:
     anonymous: bool = False
 
     def has_role(self, role: str) -> bool:
-        return role in self.roles or "admin" in self.roles
+        if role in self.roles or "admin" in self.roles:
+            return True
+        return role == "read" and "moderate" in self.roles
+
+    @property
+    def reads_everything(self) -> bool:
+        """May read every key's analyses: open mode, ``admin`` or ``moderate``."""
+        return self.anonymous or bool(self.roles & {"admin", "moderate"})
+
+    @property
+    def reviews(self) -> bool:
+        """A real admin/moderate key: sees full scores and the guard's flags (never open mode,
+        where every caller, an attacker included, would be that key)."""
+        return not self.anonymous and bool(self.roles & {"admin", "moderate"})
 
 
 ANONYMOUS = Principal(ANONYMOUS_ID, ROLES, anonymous=True)
@@ -153,7 +169,8 @@ def open_mode_warning() -> str:
     return (
         "AUTH DISABLED: no API keys configured (DFSHIELD_API_KEYS empty or "
         "DFSHIELD_AUTH_DISABLED=true); every caller is anonymous with all roles "
-        "(submit, read, admin) and can read every analysis. Use only on a trusted network."
+        "(submit, read, moderate, admin) and can read every analysis. Use only on a trusted "
+        "network."
     )
 
 
@@ -227,17 +244,19 @@ def require_role(role: str) -> Callable[[Request], Awaitable[Principal]]:
 def can_read(principal: Principal, owner_key_id: str | None) -> bool:
     """Whether ``principal`` may read an analysis submitted by ``owner_key_id``.
 
-    Open mode: everything. ``admin``: everything. Otherwise only the submitting key, and only if
-    it also holds ``read`` (a ``submit``-only key cannot read results back, and a ``read`` key
-    cannot read other keys' analyses). Analyses with no owner are readable by admins only.
+    Open mode, ``admin`` and ``moderate``: everything. Otherwise only the submitting key, and
+    only if it also holds ``read`` (a ``submit``-only key cannot read results back, and a
+    ``read`` key cannot read other keys' analyses). Analyses with no owner are readable by
+    admins and moderators only.
     """
-    if principal.anonymous or "admin" in principal.roles:
+    if principal.reads_everything:
         return True
     return "read" in principal.roles and owner_key_id == principal.key_id
 
 
 def can_delete(principal: Principal, owner_key_id: str | None) -> bool:
-    """``DELETE`` rule: open mode, admin, or the submitting key (any role) may purge it."""
+    """``DELETE`` rule: open mode, admin, or the submitting key (any role) may purge it; a
+    moderator reads everything but deletes only what it submitted."""
     if principal.anonymous or "admin" in principal.roles:
         return True
     return owner_key_id is not None and owner_key_id == principal.key_id

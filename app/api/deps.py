@@ -17,18 +17,22 @@ from typing import Annotated
 import redis
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import Principal, can_delete, can_read, get_keyring, presented_key
 from app.api.errors import ApiError, not_found
-from app.api.ratelimit import check_rate_limit
-from app.config import Settings
+from app.api.exposure import exposure_for
+from app.api.ratelimit import check_rate_limit, rate_limit_exceeded
+from app.config import ScoreExposure, Settings
+from app.guard.memory import GuardMemory
 from app.queue.streams import JobQueue
 from app.store.results import JobRecord, ResultStore, valid_job_id
 
 __all__ = [
-    "UI_COOKIE", "AdminPrincipal", "DeletableJobDep", "JobDep", "PrincipalDep", "QueueDep",
-    "ReadPrincipal", "RedisDep", "SettingsDep", "StoreDep", "SubmitPrincipal", "authenticate",
-    "get_principal", "get_ui_principal", "require",
+    "UI_COOKIE", "AdminPrincipal", "DeletableJobDep", "ExposureDep", "GuardDep", "JobDep",
+    "ModeratePrincipal", "PrincipalDep", "QueueDep", "ReadPrincipal", "RedisDep", "SettingsDep",
+    "StoreDep", "SubmitPrincipal", "authenticate", "get_principal", "get_ui_principal",
+    "guard_gate", "guard_restricted", "require",
 ]
 
 UI_COOKIE = "dfshield_key"
@@ -54,7 +58,12 @@ def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
+def get_guard(request: Request) -> GuardMemory:
+    return request.app.state.guard
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+GuardDep = Annotated[GuardMemory, Depends(get_guard)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 StoreDep = Annotated[ResultStore, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
@@ -121,7 +130,49 @@ def require(role: str) -> Callable[[Principal], Principal]:
 
 SubmitPrincipal = Annotated[Principal, Depends(require("submit"))]
 ReadPrincipal = Annotated[Principal, Depends(require("read"))]
+ModeratePrincipal = Annotated[Principal, Depends(require("moderate"))]
 AdminPrincipal = Annotated[Principal, Depends(require("admin"))]
+
+
+def guard_restricted(request: Request, principal: Principal) -> bool:
+    """Whether the guard's action applies to this caller: its key is suspected, the action is
+    not ``flag``, and the key is a plain client (not open mode, admin or moderate).
+
+    With ``guard_action=flag`` nothing is looked up, so a suspected key's requests take the
+    same path, and the same time, as anyone else's.
+    """
+    settings: Settings = request.app.state.settings
+    if (settings.guard_action == "flag" or not settings.guard_enabled
+            or principal.anonymous or principal.reviews):
+        return False
+    return get_guard(request).is_suspected(principal.key_id)
+
+
+async def guard_gate(request: Request, principal: Principal) -> bool:
+    """Apply ``reject`` (403) and ``throttle`` (429) to a suspected submitter; True when the
+    guard restricts this caller (``verdict_only`` then hides its scores)."""
+    if not await run_in_threadpool(guard_restricted, request, principal):
+        return False
+    settings: Settings = request.app.state.settings
+    if settings.guard_action == "reject":
+        raise ApiError(403, "query_attack_suspected",
+                       "this API key is suspended: its uploads look like a query-based attack "
+                       "on the detector; contact the operator of this service")
+    if settings.guard_action == "throttle":
+        limiter = request.app.state.guard_throttle
+        decision = await limiter.acheck(principal.key_id)
+        if not decision.allowed:
+            raise rate_limit_exceeded(decision, limiter.per_minute)
+    return True
+
+
+def get_exposure(request: Request, principal: ReadPrincipal) -> ScoreExposure:
+    """The caller's score exposure (``app.api.exposure``) for reading routes."""
+    restricted = guard_restricted(request, principal)
+    return exposure_for(principal, request.app.state.settings, restricted)
+
+
+ExposureDep = Annotated[ScoreExposure, Depends(get_exposure)]
 
 
 def load_job(store: ResultStore, job_id: str, principal: Principal) -> JobRecord:

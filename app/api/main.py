@@ -19,8 +19,9 @@ from app.api.auth import build_keyring, open_mode_warning
 from app.api.errors import install_error_handlers, internal_error
 from app.api.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from app.api.ratelimit import RateLimiter
-from app.api.routes import analyses, analyze, health, ui
+from app.api.routes import analyses, analyze, guard, health, ui
 from app.config import Settings, get_settings
+from app.guard.memory import GuardMemory
 from app.logs import request_id_var
 from app.queue.streams import JobQueue
 from app.redis_conn import client_from_url
@@ -130,11 +131,15 @@ def create_app(
     app.state.queue = JobQueue(client)
     app.state.keyring = keyring
     app.state.rate_limiter = RateLimiter.from_settings(client, settings)
+    app.state.guard = GuardMemory(client, settings.guard_ttl_s, settings.guard_bucket_cap)
+    app.state.guard_throttle = RateLimiter(client, settings.guard_throttle_per_min,
+                                           prefix="dfshield:guard:throttle:")
     app.state.local_worker = local_worker
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(analyze.router)
     app.include_router(analyses.router)
+    app.include_router(guard.router)
     app.include_router(health.router)
     ui.install(app)
     return app

@@ -132,6 +132,26 @@ class AnalysisPublic(BaseModel):
         return cls.model_validate({**fields, **more})
 
 
+class GuardReview(BaseModel):
+    """The guard's record of one analysis (admin and moderate keys only)."""
+
+    near_duplicate: bool = Field(False, description="a face matched another upload's face")
+    exact_repeat: bool = Field(False, description="byte-identical to an earlier upload")
+    faces: int = 0
+    matched_faces: int = 0
+    matched_analyses: list[str] = Field(default_factory=list, description="up to 5 ids")
+
+
+class AnalysisReviewed(AnalysisPublic):
+    """``GET /v1/analyses/{id}`` as an admin or moderate key sees another key's analysis."""
+
+    query_attack_suspected: bool = Field(
+        False, description="the submitting key is suspected of a query-based attack campaign"
+    )
+    query_attack_reason: str | None = None
+    guard: GuardReview | None = None
+
+
 class AnalysisWithFrames(AnalysisPublic):
     """200 answer of ``POST /v1/analyze`` when the job finished within ``wait``."""
 
@@ -150,3 +170,38 @@ class FramePage(BaseModel):
 class ReadinessReport(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, str] = Field(description="check name -> 'ok' or why it failed")
+
+
+class KeyEvidence(BaseModel):
+    """Why the guard suspects a key (written when it was last judged)."""
+
+    reason: str = ""
+    rule: str = ""
+    group: list[str] = Field(default_factory=list, description="keys judged together (links)")
+    recent_uploads: int = 0
+    near_duplicates: int = 0
+    exact_repeats: int = 0
+    examples: list[str] = Field(default_factory=list, description="near-duplicate analyses")
+
+
+class KeyGuardState(BaseModel):
+    """One API key as the guard sees it."""
+
+    key_id: str
+    suspected: bool
+    suspected_at: datetime | None = None
+    last_evidence_at: datetime | None = None
+    evidence: KeyEvidence | None = None
+    exact_repeats: int = Field(0, description="byte-identical re-uploads (counted apart)")
+    recent_uploads: int = Field(0, description="counted uploads inside the memory's TTL")
+    near_duplicates: int = Field(0, description="of which near-duplicates")
+    links: dict[str, int] = Field(default_factory=dict,
+                                  description="other key -> uploads that matched across")
+
+
+class SuspectedKeys(BaseModel):
+    """``GET /v1/guard/keys``: every key suspected within ``guard_suspect_ttl_s``."""
+
+    action: str = Field(description="what suspected keys get (guard_action)")
+    rule: str
+    keys: list[KeyGuardState]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from app.api.auth import Principal
+from app.guard.policy import AnalysisFlag
 from app.schemas import AnalysisResult, FacePublic, FramePublic, JobStatus, PersonPublic, Verdict
 from app.store.results import JobRecord
 
@@ -115,7 +116,7 @@ def _row(job: JobRecord, show_owner: bool) -> str:
 
 
 def index_page(jobs: Sequence[JobRecord], viewer: Principal, limit: int) -> str:
-    show_owner = viewer.anonymous or "admin" in viewer.roles
+    show_owner = viewer.reads_everything
     head = "<tr><th>created</th><th>analysis</th><th>file</th><th>status</th><th>verdict</th>"
     head += "<th>frames</th>" + ("<th>owner</th>" if show_owner else "") + "</tr>"
     rows = "".join(_row(j, show_owner) for j in jobs)
@@ -162,7 +163,21 @@ def image_url(job_id: str, frame: int, face: int, kind: str) -> str:
     return f"/ui/analyses/{job_id}/frames/{frame}/faces/{face}/{kind}.png"
 
 
-def _summary(job: JobRecord, result: AnalysisResult | None) -> str:
+def _score(value: float | None) -> str:
+    """A score as shown: 3 decimals, fewer when the exposure policy rounded it, – when hidden."""
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if round(value, 1) != value else f"{value:.1f}"
+
+
+def _guard_row(flag: AnalysisFlag) -> tuple[str, str]:
+    if not flag.suspected:
+        return ("query attack", '<span class="muted">not suspected</span>')
+    return ("query attack", f'<span class="err">suspected</span> {esc(flag.reason)}')
+
+
+def _summary(job: JobRecord, result: AnalysisResult | None,
+             flag: AnalysisFlag | None = None) -> str:
     rows = [("status", esc(job.status.value)), ("file", esc(job.filename)),
             ("created", esc(when(job.created_at))), ("finished", esc(when(job.finished_at))),
             ("progress", esc(f"{job.frames_done}/{job.frames_total or '?'} frames"))]
@@ -188,6 +203,8 @@ def _summary(job: JobRecord, result: AnalysisResult | None) -> str:
         if job.webhook_error:
             hook += f" ({job.webhook_error})"
         rows.append(("webhook", f"<code>{esc(job.callback_url)}</code> {esc(hook)}"))
+    if flag is not None:
+        rows.append(_guard_row(flag))
     rows.append(("API", f"<code>/v1/analyses/{esc(job.id)}</code>"))
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
@@ -224,16 +241,18 @@ def _face(job_id: str, frame: int, face: FacePublic) -> str:
     if face.explanation_url is not None:
         heat = (f'<img src="{esc(image_url(job_id, frame, face.index, "explanation"))}" '
                 f'alt="{esc(alt)} explanation" title="XAI heatmap over the crop" loading="lazy">')
+    elif face.p_fake is None:  # the score exposure policy withholds scores and heatmaps
+        heat = '<div class="noimg">no heatmap<br>(scores not shown to this key)</div>'
     else:  # g called it fake: no XAI map, no d
         heat = '<div class="noimg">no heatmap<br>(detector called it fake)</div>'
-    p_att = "–" if face.p_attacked is None else f"{face.p_attacked:.3f}"
+    p_att = _score(face.p_attacked)
     person = "" if face.person is None else f"person {face.person} · "
     quality = "".join(f'<br><span class="q">{esc(q)}</span>' for q in face.quality)
     return (
         f'<div class="face"><img src="{esc(crop)}" alt="{esc(alt)} crop" title="face crop" '
         f'loading="lazy">{heat}'
         f"<div>{esc(person)}face {face.index} {badge(face.verdict.value)}<br>"
-        f"p_fake <b>{face.p_fake:.3f}</b><br>p_attacked <b>{esc(p_att)}</b><br>"
+        f"p_fake <b>{esc(_score(face.p_fake))}</b><br>p_attacked <b>{esc(p_att)}</b><br>"
         f'<span class="muted">detection {face.detection_prob:.2f}</span>{quality}</div></div>'
     )
 
@@ -263,14 +282,17 @@ def _pager(job_id: str, view: FrameView) -> str:
 
 
 def analysis_page(
-    job: JobRecord, result: AnalysisResult | None, view: FrameView, viewer: Principal
+    job: JobRecord, result: AnalysisResult | None, view: FrameView, viewer: Principal,
+    flag: AnalysisFlag | None = None,
 ) -> str:
+    """The analysis page; ``flag``: the guard's view, only ever passed for moderators."""
     grid = "".join(_frame(job.id, f) for f in view.frames)
     if not grid:
         grid = '<p class="muted">no frames match this filter (yet)</p>'
     link = _url(job.id, view.verdicts, view.page, view.person)
     body = (
-        f'<h1>Analysis <span class="id">{esc(job.id)}</span></h1>{_summary(job, result)}'
+        f'<h1>Analysis <span class="id">{esc(job.id)}</span></h1>'
+        f"{_summary(job, result, flag)}"
         f'<p>Shareable link (needs a key that may read it): <a href="{esc(link)}">'
         f"<code>{esc(link)}</code></a></p>"
         f"{_filters(job.id, view)}{_pager(job.id, view)}<div class=grid>{grid}</div>"

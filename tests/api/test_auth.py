@@ -38,6 +38,7 @@ SPEC = (
 # Module-level aliases, the way app/api/deps.py declares them.
 Submitter = Annotated[Principal, Depends(require_role("submit"))]
 Reader = Annotated[Principal, Depends(require_role("read"))]
+Moderator = Annotated[Principal, Depends(require_role("moderate"))]
 Admin = Annotated[Principal, Depends(require_role("admin"))]
 
 
@@ -56,6 +57,10 @@ def make_app(ring: KeyRing | None) -> FastAPI:
 
     @app.get("/read")
     async def read(p: Reader) -> dict[str, object]:
+        return _who(p)
+
+    @app.get("/moderate")
+    async def moderate(p: Moderator) -> dict[str, object]:
         return _who(p)
 
     @app.get("/admin")
@@ -215,7 +220,7 @@ def test_can_read_and_delete_rules() -> None:
 ALLOWED = {
     SUBMIT: {"submit"},
     READ: {"read"},
-    ADMIN: {"submit", "read", "admin"},
+    ADMIN: {"submit", "read", "moderate", "admin"},
     BOTH: {"submit", "read"},
 }
 

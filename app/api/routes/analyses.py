@@ -5,12 +5,25 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 
-from app.api.deps import DeletableJobDep, JobDep, QueueDep, StoreDep
+from app.api.auth import Principal
+from app.api.deps import (
+    DeletableJobDep,
+    ExposureDep,
+    GuardDep,
+    JobDep,
+    QueueDep,
+    ReadPrincipal,
+    StoreDep,
+)
 from app.api.errors import ApiError, not_found
-from app.api.models import AnalysisPublic, FramePage
+from app.api.exposure import expose_json
+from app.api.models import AnalysisPublic, AnalysisReviewed, FramePage, GuardReview
+from app.guard.memory import GuardMemory
+from app.guard.policy import flag_of
 from app.schemas import FramePublic, JobStatus, Problem, Verdict
-from app.store.results import PngKind
+from app.store.results import JobRecord, PngKind
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 # 401 no/unknown key, 403 role missing, 404 absent or not the caller's, 429 rate limited.
@@ -19,11 +32,29 @@ _404 = {code: {"model": Problem, "content": {"application/problem+json": {}}}
 MAX_LIMIT = 500
 
 
+def reviewed(job: JobRecord, viewer: Principal, guard: GuardMemory) -> dict[str, object] | None:
+    """The guard fields an admin/moderate key sees on *another* key's analysis, else None:
+    the submitting key never learns that it is suspected."""
+    if not viewer.reviews or viewer.key_id == job.owner:
+        return None
+    flag = flag_of(guard, job.id, job.owner)
+    review = GuardReview.model_validate(flag.record) if flag.record else None
+    return {"query_attack_suspected": flag.suspected, "query_attack_reason": flag.reason,
+            "guard": review}
+
+
 @router.get("/{job_id}", response_model=AnalysisPublic, responses=_404,
-            summary="Status, progress and (once done) the summary of an analysis")
-def get_analysis(job: JobDep, store: StoreDep) -> AnalysisPublic:
+            summary="Status, progress and (once done) the summary of an analysis",
+            description="Admin and moderate keys reading another key's analysis also get "
+                        "`query_attack_suspected`, `query_attack_reason` and `guard` "
+                        "(AnalysisReviewed); nobody else ever does.")
+def get_analysis(job: JobDep, store: StoreDep, viewer: ReadPrincipal, exposure: ExposureDep,
+                 guard: GuardDep) -> JSONResponse:
     result = store.get_result(job.id) if job.status == JobStatus.DONE else None
-    return AnalysisPublic.build(job, result)
+    extra = reviewed(job, viewer, guard)
+    body = (AnalysisReviewed.build(job, result, **extra) if extra is not None
+            else AnalysisPublic.build(job, result))
+    return JSONResponse(expose_json(body.model_dump(mode="json"), exposure))
 
 
 def _verdicts(raw: list[str] | None) -> list[Verdict] | None:
@@ -54,6 +85,7 @@ def filter_frames(
 def list_frames(
     job: JobDep,
     store: StoreDep,
+    exposure: ExposureDep,
     verdict: Annotated[list[str] | None, Query(description="real, fake, attacked, no_face, "
                                                "uncertain; repeat or comma-separate")] = None,
     person: Annotated[int | None, Query(ge=0, description="only frames where this person "
@@ -61,11 +93,12 @@ def list_frames(
                                         "that person's face verdict")] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-) -> FramePage:
+) -> JSONResponse:
     wanted = _verdicts(verdict)
     frames = filter_frames(store.get_frames(job.id), wanted, person)
-    return FramePage(total=len(frames), offset=offset, limit=limit, verdict=wanted,
+    page = FramePage(total=len(frames), offset=offset, limit=limit, verdict=wanted,
                      person=person, items=frames[offset : offset + limit])
+    return JSONResponse(expose_json(page.model_dump(mode="json"), exposure))
 
 
 def _png(store: StoreDep, job_id: str, frame: int, face: int, kind: PngKind) -> Response:
@@ -82,7 +115,10 @@ _PNG = {200: {"content": {"image/png": {}}}, **_404}
 
 @router.get("/{job_id}/frames/{frame}/faces/{face}/explanation.png", response_class=Response,
             responses=_PNG, summary="XAI heatmap over the face crop (faces g called real)")
-def explanation_png(job: JobDep, store: StoreDep, frame: int, face: int) -> Response:
+def explanation_png(job: JobDep, store: StoreDep, frame: int, face: int,
+                    exposure: ExposureDep) -> Response:
+    if exposure == "verdict":  # a saliency map is a picture of g's gradient
+        raise not_found(f"explanation image of face {face} in frame {frame}")
     return _png(store, job.id, frame, face, "explanation")
 
 

@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import QueueDep, SettingsDep, StoreDep, SubmitPrincipal
+from app.api.deps import QueueDep, SettingsDep, StoreDep, SubmitPrincipal, guard_gate
 from app.api.errors import ApiError
+from app.api.exposure import expose_json, exposure_for
 from app.api.metrics import JOBS
 from app.api.models import AnalysisAccepted, AnalysisWithFrames, AnalyzeForm, links_for
 from app.api.upload import SpooledUpload, spool_multipart
@@ -51,6 +52,12 @@ _FORM_SCHEMA = {
 }
 _ERRORS = {code: {"model": Problem, "content": {"application/problem+json": {}}}
            for code in (400, 401, 403, 413, 415, 422, 429, 503)}
+_DESCRIPTION = (
+    "Scores in the synchronous answer follow `DFSHIELD_SCORE_EXPOSURE` for keys without "
+    "admin/moderate. With `DFSHIELD_GUARD_ACTION=reject` a key suspected of a query-based "
+    "attack campaign gets 403 `query_attack_suspected`; with `throttle`, 429 `rate_limited` "
+    "sooner than other keys."
+)
 
 
 def _form(fields: dict[str, str], settings: Settings) -> AnalyzeForm:
@@ -118,6 +125,7 @@ async def _wait_for(store: ResultStore, job_id: str, seconds: float) -> JobRecor
                **_ERRORS},
     openapi_extra=_FORM_SCHEMA,
     summary="Submit a video or image for analysis",
+    description=_DESCRIPTION,
 )
 async def analyze(
     request: Request,
@@ -131,6 +139,7 @@ async def analyze(
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > cap + MULTIPART_SLACK:  # refuse before reading
         raise FileTooLarge(f"upload of {int(length)} bytes is larger than the {cap_text} limit")
+    restricted = await guard_gate(request, principal)  # reject / throttle suspected keys
     await run_in_threadpool(_check_capacity, queue, settings)
 
     job_id = new_job_id()
@@ -162,7 +171,8 @@ async def analyze(
     if wait > 0 and (done := await _wait_for(store, job_id, wait)) is not None:
         result = await run_in_threadpool(store.get_result, job_id)
         body = AnalysisWithFrames.build(done, result, frames=result.frames if result else [])
-        return JSONResponse(body.model_dump(mode="json"), status_code=200)
+        exposure = exposure_for(principal, settings, restricted)
+        return JSONResponse(expose_json(body.model_dump(mode="json"), exposure), status_code=200)
     accepted = AnalysisAccepted(id=job_id, status=JobStatus.QUEUED, links=links_for(job_id))
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202,
                         headers={"Location": accepted.links.analysis})

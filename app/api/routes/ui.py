@@ -18,9 +18,20 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app.api import ui_html
 from app.api.auth import Principal, get_keyring
-from app.api.deps import UI_COOKIE, StoreDep, authenticate, get_ui_principal, load_job
+from app.api.deps import (
+    UI_COOKIE,
+    GuardDep,
+    StoreDep,
+    authenticate,
+    get_ui_principal,
+    guard_restricted,
+    load_job,
+)
 from app.api.errors import ApiError
+from app.api.exposure import expose_frames, expose_persons, exposure_for
 from app.api.routes.analyses import filter_frames
+from app.config import ScoreExposure
+from app.guard.policy import flag_of
 from app.pipeline.tracks import summarize_persons
 from app.schemas import FramePublic, JobStatus, PersonPublic, Verdict
 from app.store.results import JobRecord, PngKind, ResultStore
@@ -161,7 +172,7 @@ def logout(request: Request) -> Response:
 def index(
     viewer: Viewer, store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Response:
-    everyone = viewer.anonymous or "admin" in viewer.roles
+    everyone = viewer.reads_everything
     jobs = store.recent(limit, owner=None if everyone else viewer.key_id)
     return html(ui_html.index_page(jobs, viewer, limit))
 
@@ -200,11 +211,17 @@ def _view(
                              len(chosen), page, pages, person, persons or [])
 
 
+def _exposure(request: Request, viewer: Principal) -> ScoreExposure:
+    return exposure_for(viewer, request.app.state.settings, guard_restricted(request, viewer))
+
+
 @router.get("/analyses/{job_id}", response_class=HTMLResponse)
 def analysis(
     job_id: str,
+    request: Request,
     viewer: Viewer,
     store: StoreDep,
+    guard: GuardDep,
     verdict: str | None = None,
     page: Annotated[int, Query(ge=1)] = 1,
     person: Annotated[int | None, Query(ge=0)] = None,
@@ -214,8 +231,13 @@ def analysis(
     result = store.get_result(job.id) if job.status == JobStatus.DONE else None
     frames = result.frames if result is not None else store.get_frames(job.id)
     persons = result.persons if result is not None else summarize_persons(frames)
-    view = _view(frames, wanted, page, person, persons)
-    return html(ui_html.analysis_page(job, result, view, viewer))
+    level = _exposure(request, viewer)
+    view = _view(expose_frames(frames, level), wanted, page, person,
+                 expose_persons(persons, level))
+    flag = None  # moderators only, and never on the viewer's own analyses
+    if viewer.reviews and viewer.key_id != job.owner:
+        flag = flag_of(guard, job.id, job.owner)
+    return html(ui_html.analysis_page(job, result, view, viewer, flag))
 
 
 def _png(store: ResultStore, viewer: Principal, job_id: str, frame: int, face: int,
@@ -236,6 +258,8 @@ def crop_png(job_id: str, frame: int, face: int, viewer: ImageViewer,
 
 
 @router.get("/analyses/{job_id}/frames/{frame}/faces/{face}/explanation.png")
-def explanation_png(job_id: str, frame: int, face: int, viewer: ImageViewer,
-                    store: StoreDep) -> Response:
+def explanation_png(job_id: str, frame: int, face: int, request: Request,
+                    viewer: ImageViewer, store: StoreDep) -> Response:
+    if _exposure(request, viewer) == "verdict":  # no gradient pictures without scores
+        raise ApiError(404, "not_found", f"no explanation image for face {face} of frame {frame}")
     return _png(store, viewer, job_id, frame, face, "explanation")
