@@ -71,6 +71,24 @@ def bench_service_cmd(
                                 max_frames=max_frames, media=media))
 
 
+@bench_app.command("guard")
+def bench_guard_cmd(
+    faces: Annotated[int, typer.Option(min=1, help="attack runs per attack and key split")] = 20,
+    budget: Annotated[int, typer.Option(min=2, help="queries per run before giving up")] = 30,
+    distinct: Annotated[int, typer.Option(min=0, help="benign single uploads")] = 60,
+    photos: Annotated[int, typer.Option(min=0, help="benign keys sending 5 variants")] = 10,
+    crops: Annotated[Path | None, typer.Option(
+        help="crops folder ({test,val,train}/{fake,real}/*.png); default runs/data/crops")] = None,
+) -> None:
+    """NES and Square through the HTTP API against a loopback service: share detected and query
+    at detection (1 key and 5 keys round-robin), benign false flags, guard cost per face."""
+    from app.bench.guard import bench_guard, print_guard
+    from app.bench.guard_data import DEFAULT_CROPS
+
+    print_guard(bench_guard(faces=faces, budget=budget, distinct=distinct, photos=photos,
+                            crops_root=crops or DEFAULT_CROPS))
+
+
 @bench_app.command("pipeline")
 def bench_pipeline_cmd(
     batch: Annotated[int, typer.Option(min=1, help="faces per batch")] = 8,

@@ -63,19 +63,21 @@ def _serve_command() -> list[str]:
 @contextmanager
 def running_service(
     max_batch: int, port: int, workdir: Path, extra_env: dict[str, str] | None = None,
-    startup_timeout_s: float = 300.0,
+    startup_timeout_s: float = 300.0, overrides: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """``dfshield serve`` in a child process (embedded Redis, in-process worker); yields its URL.
 
     Runs in ``workdir`` so no ``.env`` applies; open auth and no rate limit (a benchmark is not
-    a client); the log goes to ``workdir/serve.log``.
+    a client) unless ``overrides`` (applied last) says otherwise, e.g. keys and a Redis URL;
+    the log goes to ``workdir/serve.log``.
     """
     env = {**os.environ, **(extra_env or {}),
            "DFSHIELD_HOST": "127.0.0.1", "DFSHIELD_PORT": str(port),
            "DFSHIELD_MAX_BATCH": str(max_batch), "DFSHIELD_DATA_DIR": str(workdir / "data"),
            "DFSHIELD_REDIS_URL": "", "DFSHIELD_ENVIRONMENT": "development",
            "DFSHIELD_API_KEYS": "", "DFSHIELD_AUTH_DISABLED": "true",
-           "DFSHIELD_RATE_LIMIT_PER_MIN": "0", "DFSHIELD_QUEUE_MAX": "10000"}
+           "DFSHIELD_RATE_LIMIT_PER_MIN": "0", "DFSHIELD_QUEUE_MAX": "10000",
+           **(overrides or {})}
     log_path = workdir / f"serve-b{max_batch}.log"
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
