@@ -3,8 +3,9 @@
 A fingerprint is a small set of 64-bit hashes of quantised pixel windows of the crop g sees, in
 two views of the same grey image (half of the hashes each):
 
-- *levels*: each grey level quantised to ``level // QUANT_STEP`` (7 levels). Robust to JPEG
-  re-encoding, resizing and sparse noise (NES, benign re-uploads).
+- *levels*: each grey level, after a slight blur (``LEVELS_BLUR``, which takes out JPEG's
+  block noise), quantised to ``level // QUANT_STEP`` (7 levels). Robust to JPEG re-encoding,
+  resizing and sparse noise (NES, benign re-uploads).
 - *relief*: the vertical difference of neighbouring pixels quantised to 5 levels (steps of
   ``RELIEF_STEP``). It ignores any perturbation that is constant down a column or over a
   block, which is how Square moves (column stripes first, then +-eps squares): its queries
@@ -40,6 +41,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 SIDE = 128
 QUANT_STEP = 40
+LEVELS_BLUR = 0.8  # Gaussian sigma in pixels, levels view only
 LEVELS = 255 // QUANT_STEP + 1
 RELIEF_STEP = 12
 RELIEF_LIMIT = 2  # relief levels -2..2: differences beyond +-30 grey levels saturate
@@ -105,7 +107,8 @@ def _grey(crop: np.ndarray) -> np.ndarray:
 def view_values(grey: np.ndarray, view: str) -> tuple[np.ndarray, int]:
     """One view's 2-D array of small non-negative values, and how many values there are."""
     if view == "levels":
-        return grey // QUANT_STEP, LEVELS
+        soft = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), LEVELS_BLUR)
+        return np.round(soft).astype(np.int16) // QUANT_STEP, LEVELS
     diff = grey[1:, :] - grey[:-1, :]
     steps = np.floor(diff / RELIEF_STEP + 0.5).astype(np.int16)
     return np.clip(steps, -RELIEF_LIMIT, RELIEF_LIMIT) + RELIEF_LIMIT, 2 * RELIEF_LIMIT + 1

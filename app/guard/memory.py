@@ -143,9 +143,11 @@ class GuardMemory:
                            dtype=RECORD).tobytes()
             for field in _fields(fp.hashes):
                 args += [field, rec]
+        pipe = self.r.pipeline(transaction=False)  # one round trip for both writes
         if len(args) > 2:
-            self._insert(keys=[f"{PREFIX}idx:{self._generation(now)}"], args=args)
-        self.r.set(f"{PREFIX}up:{tag.hex()}", f"{job_id} {key_id}", ex=self._ttl())
+            self._insert(keys=[f"{PREFIX}idx:{self._generation(now)}"], args=args, client=pipe)
+        pipe.set(f"{PREFIX}up:{tag.hex()}", f"{job_id} {key_id}", ex=self._ttl())
+        pipe.execute()
 
     def owners(self, tags: Iterable[bytes]) -> dict[bytes, tuple[str, str]]:
         """(job id, key id) of indexed uploads still remembered."""
