@@ -1,4 +1,5 @@
-"""The ``dfshield`` command line: analyze | models | train | serve | api | worker | bench."""
+"""The ``dfshield`` command line: analyze | models | train | serve | api | worker | bench |
+redteam."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.cli_redteam import register as register_redteam_command
 from app.cli_service import register as register_service_commands
 from app.cli_train import train_app
 from app.config import DeviceName, XaiMethod, get_settings
@@ -19,6 +21,7 @@ models_app = typer.Typer(help="Inspect the served model store.", no_args_is_help
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 register_service_commands(app)
+register_redteam_command(app)
 console = Console()
 err_console = Console(stderr=True)
 

@@ -209,6 +209,8 @@ def test_dockerfile_properties() -> None:
     assert uv and re.search(r"uv:\d+\.\d+\.\d+ ", uv[0]), "uv image pinned to a version"
     syncs = [a for a in of("RUN") if "uv sync" in a]
     assert syncs and all("--locked" in a and "--no-dev" in a for a in syncs)
+    # eval (torchattacks) is a default group for `uv run`, so the image must opt out by name.
+    assert all("--no-group eval" in a for a in syncs)
     assert all("--mount=type=cache" in a for a in syncs)
     user = of("USER")[-1].split(":")[0]
     assert user not in ("root", "0"), "runs as a non-root user"
