@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +118,16 @@ class Settings(BaseSettings):
     score_exposure: ScoreExposure = Field(
         "full", description="scores shown to keys without admin/moderate: full|rounded|verdict"
     )
+
+    @model_validator(mode="after")
+    def _guard_threshold_reachable(self) -> Settings:
+        # Each view keeps guard_hashes // 2 hashes: a threshold at or above that never matches.
+        if self.guard_match_threshold >= self.guard_hashes // 2:
+            raise ValueError(
+                f"guard_match_threshold ({self.guard_match_threshold}) must be below "
+                f"guard_hashes // 2 ({self.guard_hashes // 2}), the hashes kept per view"
+            )
+        return self
 
 
 @lru_cache

@@ -5,8 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.deps import QueueDep, RedisDep
-from app.api.metrics import QUEUE_DEPTH, QUEUE_PENDING, WORKERS_LIVE, render_latest
+from app.api.deps import GuardDep, QueueDep, RedisDep, SettingsDep
+from app.api.metrics import (
+    QUEUE_DEPTH,
+    QUEUE_PENDING,
+    SUSPECTED_KEYS,
+    WORKERS_LIVE,
+    render_latest,
+)
 from app.api.models import ReadinessReport
 from app.worker import heartbeat
 
@@ -49,11 +55,12 @@ def readyz(request: Request, r: RedisDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
-def metrics(r: RedisDep, queue: QueueDep) -> Response:
+def metrics(r: RedisDep, queue: QueueDep, guard: GuardDep, settings: SettingsDep) -> Response:
     try:  # gauges read from Redis at scrape time, so every API replica reports the same
         QUEUE_DEPTH.set(queue.depth())
         QUEUE_PENDING.set(queue.pending())
         WORKERS_LIVE.set(len(heartbeat.live_workers(r)))
+        SUSPECTED_KEYS.set(len(guard.suspected(settings.guard_suspect_ttl_s)))
     except Exception:  # noqa: BLE001, S110 - a scrape must still answer while Redis is down
         pass
     data, ctype = render_latest()
