@@ -79,11 +79,21 @@ def bench_guard_cmd(
     photos: Annotated[int, typer.Option(min=0, help="benign keys sending 5 variants")] = 10,
     crops: Annotated[Path | None, typer.Option(
         help="crops folder ({test,val,train}/{fake,real}/*.png); default runs/data/crops")] = None,
+    calibrate: Annotated[bool, typer.Option(
+        help="only the offline pair calibration of the fingerprints (no service)")] = False,
 ) -> None:
     """NES and Square through the HTTP API against a loopback service: share detected and query
     at detection (1 key and 5 keys round-robin), benign false flags, guard cost per face."""
-    from app.bench.guard import bench_guard, print_guard
     from app.bench.guard_data import DEFAULT_CROPS
+
+    if calibrate:
+        from app.bench.guard_calibrate import calibrate as run_calibration
+        from app.bench.guard_calibrate import print_calibration
+
+        print_calibration(run_calibration(crops or DEFAULT_CROPS),
+                          get_settings().guard_match_threshold)
+        return
+    from app.bench.guard import bench_guard, print_guard
 
     print_guard(bench_guard(faces=faces, budget=budget, distinct=distinct, photos=photos,
                             crops_root=crops or DEFAULT_CROPS))
