@@ -193,7 +193,9 @@ class KeyGuardState(BaseModel):
     last_evidence_at: datetime | None = None
     evidence: KeyEvidence | None = None
     exact_repeats: int = Field(0, description="byte-identical re-uploads (counted apart)")
-    recent_uploads: int = Field(0, description="counted uploads inside the memory's TTL")
+    recent_uploads: int = Field(
+        0, description="its newest counted uploads inside the TTL (at most guard_recent_uploads)"
+    )
     near_duplicates: int = Field(0, description="of which near-duplicates")
     links: dict[str, int] = Field(default_factory=dict,
                                   description="other key -> uploads that matched across")

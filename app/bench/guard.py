@@ -267,8 +267,9 @@ def _detection_row(runs: list[AttackRun], budget: int) -> list[str]:
     missed = [x for x in runs if x.detected_at is None and x.queries >= budget]
     campaigns = len(runs) - len(ended)
     share = f"{len(at)}/{campaigns} ({100 * len(at) / campaigns:.0f} %)" if campaigns else "-"
+    first = f"{len(ended)}" + (f" (<= {max(x.queries for x in ended)} q.)" if ended else "")
     return [share, f"{statistics.median(at):g}" if at else "-", str(max(at)) if at else "-",
-            str(len(ended)), str(len(missed)), str(sum(x.no_face for x in runs))]
+            first, str(len(missed)), str(sum(x.no_face for x in runs))]
 
 
 def print_guard(report: GuardReport, console: Console | None = None) -> None:
