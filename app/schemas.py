@@ -47,7 +47,7 @@ class FacePublic(BaseModel):
     crop_box: list[int] = Field(description="[x1, y1, x2, y2] square 1.3x crop actually used")
     detection_prob: float
     landmarks: list[list[float]] = Field(default_factory=list, description="5 (x, y) points")
-    p_fake: float
+    p_fake: float | None = Field(description="null only under DFSHIELD_SCORE_EXPOSURE=verdict")
     p_attacked: float | None = Field(None, description="only for faces g called real")
     verdict: Verdict = Field(description="uncertain when `quality` has a flag (scores kept)")
     quality: list[QualityFlag] = Field(
@@ -101,8 +101,8 @@ class PersonPublic(BaseModel):
     start_s: float = Field(description="timestamp of the first of those frames")
     end_s: float = Field(description="timestamp of the last of those frames")
     faces: VerdictCounts = Field(description="this person's face verdicts")
-    mean_p_fake: float
-    max_p_fake: float
+    mean_p_fake: float | None = Field(description="null under DFSHIELD_SCORE_EXPOSURE=verdict")
+    max_p_fake: float | None = Field(description="null under DFSHIELD_SCORE_EXPOSURE=verdict")
     max_p_attacked: float | None = Field(None, description="over faces g called real")
     representative: FaceRef = Field(description="largest judgeable face (else largest face)")
 
