@@ -33,6 +33,7 @@ TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {
     "square": {"max_queries": 1000},
     "nes": {"iters": 25, "restarts": 1},
     "eot_pgd": {"samples": 4, "iters": 50},
+    "ddn": {"quantize": True, "iters": 50},  # unquantised DDN never survives uint8 rounding
     "apgd": {"restarts": 1},
     "pgd_rs": {"restarts": 1},
 }

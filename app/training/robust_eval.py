@@ -50,7 +50,7 @@ def eval_jobs(
 ) -> list[EvalJob]:
     """The issue's grid: L∞ families × ε, DDN × L2 bound, Square and NES × queries at 16/255."""
     jobs = [EvalJob(f"{a}@{e:g}", a, {"eps": e / 255}, e) for a in white_box for e in eps_grid]
-    jobs += [EvalJob(f"ddn@l2={b:g}", "ddn", {"eps_l2": b}) for b in l2_grid]
+    jobs += [EvalJob(f"ddn@l2={b:g}", "ddn", {"eps_l2": b, "quantize": True}) for b in l2_grid]
     for q in query_budgets:
         jobs.append(EvalJob(f"square@16 q{q}", "square", {"eps": 16 / 255, "max_queries": q}))
         jobs.append(EvalJob(f"nes@16 q{q}", "nes", {"eps": 16 / 255, "restarts": 1,

@@ -53,8 +53,15 @@ def ddn(
     alpha_min: float = 0.01,
     loss: LossName = "ce",
     kappa: float = 0.0,
+    quantize: bool = False,
 ) -> AttackResult:
-    """L2 DDN within the ball of radius ``eps_l2`` around x in [0,1]."""
+    """L2 DDN within the ball of radius ``eps_l2`` around x in [0,1].
+
+    ``quantize``: round every iterate to the 1/255 grid (as the authors' released code can).
+    The smallest L2 point is spread over every pixel at well under 1/255 each, so an upload
+    (uint8) erases it: measured on the demo g, no unquantised DDN crop survived PNG rounding.
+    Rounding can push δ past the sphere, so the L2 projection runs after it.
+    """
     x = check_input(x, eps_l2)
     n = x.shape[0]
     x_adv = x.clone()
@@ -81,9 +88,21 @@ def ddn(
             norm[idx] = (norm[idx] * shrink).clamp(max=eps_l2)
             step = alpha_min + (alpha - alpha_min) * (1 + math.cos(math.pi * k / iters)) / 2
             moved = _step(x[idx], x_adv[idx], grad, step, norm[idx])
+            if quantize:
+                moved = _round_into_ball(moved, x[idx], eps_l2)
             # A no-op up to rounding (norm <= eps_l2, clipping only shrinks δ): the stated bound.
             x_adv[idx] = project_l2(moved, x[idx], eps_l2)
         return make_result(model, x, best.x, queries, norm="l2", eps=eps_l2)
+
+
+def _round_into_ball(x_adv: Tensor, x: Tensor, eps_l2: float) -> Tensor:
+    """x_adv on the uint8 grid; where rounding left the L2 ball, the δ values round toward 0."""
+    q = (x_adv.clamp(0, 1) * 255).round() / 255
+    outside = l2(q, x) > eps_l2
+    if outside.any():
+        d = (x_adv - x)[outside] * 255
+        q[outside] = (x[outside] + torch.trunc(d) / 255).clamp(0, 1)
+    return q
 
 
 def _unit(v: Tensor) -> Tensor:
