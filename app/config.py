@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(86_400, ge=60)
     visibility_timeout_s: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    job_timeout_s: float = Field(
+        900.0, ge=0, description="deadline of one attempt of a job, then failed `timeout`; 0 = none"
+    )
     keep_media: bool = False
     api_keys: str = Field("", description="comma list of key:role[+role]; empty = open")
     auth_disabled: bool = Field(False, description="explicitly allow open mode in production")

@@ -24,7 +24,7 @@ _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 409: "conflict", 413: "file_too_large",
     415: "unsupported_media", 422: "validation_error", 429: "rate_limited",
-    500: "internal_error", 503: "unavailable",
+    500: "internal_error", 503: "unavailable", 507: "insufficient_storage",
 }
 
 

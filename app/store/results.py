@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -86,11 +86,12 @@ class JobRecord(BaseModel):
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits (CSPRNG) as 32 hex digits; unguessable, so ids are no capability leak."""
+    return secrets.token_hex(16)
 
 
 def valid_job_id(job_id: str) -> bool:
-    """Ids are uuid4 hex; anything else is never a key (no key injection through the URL)."""
+    """Ids are 32 lowercase hex digits; anything else is never a key (no key injection)."""
     return bool(_ID_RE.match(job_id))
 
 

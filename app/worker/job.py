@@ -70,9 +70,20 @@ class JobRunner:
         self.faces = faces
         self.limits = MediaLimits.from_settings(settings)
 
-    def run(self, job: JobRecord, stopping: threading.Event) -> AnalysisResult:
-        """Process ``job``; raises MediaError (bad input), JobCancelled or WorkerStopping."""
-        cancelled = _cancel_check(self.store, job.id)
+    def run(
+        self, job: JobRecord, stopping: threading.Event,
+        abandoned: Callable[[], bool] | None = None,
+    ) -> AnalysisResult:
+        """Process ``job``; raises MediaError (bad input), JobCancelled or WorkerStopping.
+
+        ``abandoned`` (the worker's watchdog gave up on this attempt: deadline passed) stops
+        it like a delete would, at the next frame chunk or batch."""
+        deleted = _cancel_check(self.store, job.id)
+        gone = abandoned or (lambda: False)
+
+        def cancelled() -> bool:
+            return gone() or deleted()
+
         limits = self.limits
         if job.max_frames and job.max_frames > limits.max_frames_cap:  # settings changed since
             limits = replace(limits, max_frames_cap=job.max_frames)

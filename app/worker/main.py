@@ -9,6 +9,12 @@ goes back to the queue (``last_error`` kept) until ``max_attempts`` starts, then
 A worker killed mid-job leaves its entry pending; another worker reclaims it after
 ``visibility_timeout_s``. SIGTERM finishes the current frame chunk, then gives jobs back.
 
+Deadline: an attempt running longer than ``job_timeout_s`` is failed with ``timeout`` by the
+heartbeat thread's watchdog, whatever its job thread is doing (a decoder blocked forever
+included). That thread is told to stop at its next chunk, and to retire after it returns; a
+fresh job thread takes its place at once, so the worker keeps serving at full concurrency. A
+late result of a timed-out attempt is dropped, never written over the ``timeout``.
+
 Run alone with ``python -m app.worker.main`` (needs ``DFSHIELD_REDIS_URL``).
 """
 
@@ -23,6 +29,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 import redis
 
@@ -51,6 +59,17 @@ def on_job_finished(job: JobRecord) -> None:
     """Default extra hook after a job reaches done/failed (webhooks are always sent first)."""
 
 
+@dataclass
+class _InFlight:
+    """One running attempt, as the watchdog sees it."""
+
+    claimed: Claimed
+    job: JobRecord
+    thread: str
+    deadline: float | None  # monotonic; None = no deadline
+    started: float = field(default_factory=time.monotonic)
+
+
 class Worker:
     """``Worker(settings, redis).start()``; ``stop()`` to end; ``run_forever()`` for a process."""
 
@@ -77,7 +96,10 @@ class Worker:
         self.ready = threading.Event()
         self.boot_error: BaseException | None = None
         self.started_at = time.time()
-        self._inflight: dict[str, str] = {}  # entry id -> job id
+        self._inflight: dict[str, _InFlight] = {}  # entry id -> running attempt
+        self._timed_out: set[str] = set()  # entry ids the watchdog failed (owned by it)
+        self._retire: set[str] = set()  # job threads to end after their current job
+        self._spawned = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -105,13 +127,18 @@ class Worker:
     def _boot(self) -> None:
         self.queue.ensure_group()
         if self.analyzer is None:
-            self.analyzer = Analyzer.from_settings(self.settings)
+            try:
+                self.analyzer = Analyzer.from_settings(self.settings)
+            except Exception as e:  # /readyz names this worker and the cause
+                with contextlib.suppress(redis.RedisError):
+                    heartbeat.report_failure(self.r, self.name, f"{type(e).__name__}: {e}")
+                raise
         if self.stopping.is_set():  # stopped while the models were loading
             return
         self.batcher = build_batcher(self.analyzer, self.settings).start()
         self._spawn(self._heartbeat_loop, "worker-heartbeat")
-        for i in range(self.settings.worker_concurrency):
-            self._spawn(self._job_loop, f"worker-job-{i}")
+        for _ in range(self.settings.worker_concurrency):
+            self._spawn_job_thread()
         self.ready.set()
         a = self.analyzer
         log.info(
@@ -121,6 +148,10 @@ class Worker:
                    "models": [f"{m.name}@{m.version}{'' if m.trained else ' (UNTRAINED)'}"
                               for m in a.models]},
         )
+
+    def _spawn_job_thread(self) -> None:
+        self._spawned += 1
+        self._spawn(self._job_loop, f"worker-job-{self._spawned - 1}")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -141,7 +172,8 @@ class Worker:
         log.info("worker stopped", extra={"worker": self.name})
 
     def run_forever(self) -> None:
-        """Run until SIGTERM/SIGINT (main thread only)."""
+        """Run until SIGTERM/SIGINT (main thread only). A start failure (models that do not
+        load) is reported to readiness through Redis, then raised: the process exits."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         self.start()
@@ -154,6 +186,7 @@ class Worker:
         interval = min(self.settings.heartbeat_ttl_s, self.settings.visibility_timeout_s) / 3
         while True:
             try:
+                self._watchdog()
                 with self._lock:
                     inflight = list(self._inflight)
                 self.queue.touch(self.name, inflight)  # keep live jobs from being reclaimed
@@ -163,6 +196,36 @@ class Worker:
                 log.warning("heartbeat failed: %s", e)
             if self.stopping.wait(interval):
                 return
+
+    def _watchdog(self) -> None:
+        """Fail every attempt past its deadline with ``timeout`` and replace its thread."""
+        now = time.monotonic()
+        with self._lock:
+            late = [(e, f) for e, f in self._inflight.items()
+                    if f.deadline is not None and now > f.deadline]
+            for entry, f in late:
+                del self._inflight[entry]
+                self._timed_out.add(entry)
+                self._retire.add(f.thread)
+        for _, f in late:
+            secs = self.settings.job_timeout_s
+            with bind_job(f.job.id):
+                log.warning("job timed out", extra={"seconds": round(now - f.started, 3),
+                                                    "thread": f.thread})
+                self._finish_failed(f.claimed, f.job, "timeout",
+                                    f"processing took longer than the {secs:g} s deadline "
+                                    "(DFSHIELD_JOB_TIMEOUT_S); the media may be pathological")
+            if not self.stopping.is_set():
+                self._spawn_job_thread()  # the stuck thread may never come back
+
+    def _owns(self, entry_id: str) -> bool:
+        """Whether the job thread may settle this attempt (False: the watchdog already did)."""
+        with self._lock:
+            self._inflight.pop(entry_id, None)
+            if entry_id in self._timed_out:
+                self._timed_out.discard(entry_id)
+                return False
+            return True
 
     def _info(self, inflight: int) -> dict[str, object]:
         a = self.analyzer
@@ -178,7 +241,8 @@ class Worker:
         runner = JobRunner(self.settings, self.store, self.batcher, self.analyzer, faces,
                            self.guard)
         min_idle_ms = int(self.settings.visibility_timeout_s * 1000)
-        while not self.stopping.is_set():
+        me = threading.current_thread().name
+        while not self.stopping.is_set() and me not in self._retire:
             try:
                 claimed = self.queue.reclaim_stale(self.name, min_idle_ms) or self.queue.claim(
                     self.name, count=1, block_ms=CLAIM_BLOCK_MS
@@ -208,32 +272,45 @@ class Worker:
                                 f"gave up after {attempt - 1} attempts; last error: {cause}")
             return
         log.info("job started", extra={"attempt": attempt, "reclaimed": c.reclaimed})
+        timeout = self.settings.job_timeout_s
         with self._lock:
-            self._inflight[c.entry_id] = job.id
+            self._inflight[c.entry_id] = _InFlight(
+                c, job, threading.current_thread().name,
+                time.monotonic() + timeout if timeout > 0 else None)
         t0 = time.perf_counter()
+        settle: Callable[[], None]
         try:
-            result = runner.run(job, self.stopping)
+            result = runner.run(job, self.stopping,
+                                abandoned=lambda: c.entry_id in self._timed_out)
         except MediaError as e:
-            self._finish_failed(c, job, e.code, e.message)
+            settle = partial(self._finish_failed, c, job, e.code, e.message)
         except (JobCancelled, BatchExpired):
-            log.info("job deleted while running; dropped")
-            self.queue.ack(c.entry_id)
+            settle = partial(self._drop, c)
         except (WorkerStopping, BatcherClosed):
-            self.store.undo_attempt(job.id)  # shutdown is not the job's fault
-            self._requeue(c, job, "worker stopped during processing")
+            settle = partial(self._give_back, c, job)
         except Exception as e:  # noqa: BLE001 - any other error: retry, never fail neighbours
-            log.exception("job attempt failed", extra={"attempt": attempt})
+            if c.entry_id not in self._timed_out:
+                log.exception("job attempt failed", extra={"attempt": attempt})
             error = f"{type(e).__name__}: {e}"
             if attempt >= self.settings.max_attempts:
-                self._finish_failed(c, job, "processing_error",
-                                    f"failed {attempt} times; last error: {error}")
+                settle = partial(self._finish_failed, c, job, "processing_error",
+                                 f"failed {attempt} times; last error: {error}")
             else:
-                self._requeue(c, job, error)
+                settle = partial(self._requeue, c, job, error)
         else:
-            self._finish_done(c, job, result, time.perf_counter() - t0)
-        finally:
-            with self._lock:
-                self._inflight.pop(c.entry_id, None)
+            settle = partial(self._finish_done, c, job, result, time.perf_counter() - t0)
+        if not self._owns(c.entry_id):
+            log.info("late outcome of a timed-out attempt dropped")
+            return
+        settle()
+
+    def _drop(self, c: Claimed) -> None:
+        log.info("job deleted while running; dropped")
+        self.queue.ack(c.entry_id)
+
+    def _give_back(self, c: Claimed, job: JobRecord) -> None:
+        self.store.undo_attempt(job.id)  # shutdown is not the job's fault
+        self._requeue(c, job, "worker stopped during processing")
 
     def _requeue(self, c: Claimed, job: JobRecord, error: str) -> None:
         # Status first: once re-added, another thread may claim it and mark it running.

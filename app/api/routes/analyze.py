@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from dataclasses import replace
@@ -51,7 +52,9 @@ _FORM_SCHEMA = {
     }
 }
 _ERRORS = {code: {"model": Problem, "content": {"application/problem+json": {}}}
-           for code in (400, 401, 403, 413, 415, 422, 429, 503)}
+           for code in (400, 401, 403, 413, 415, 422, 429, 503, 507)}
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_RETRY_AFTER_S = 30
 _DESCRIPTION = (
     "Scores in the synchronous answer follow `DFSHIELD_SCORE_EXPOSURE` for keys without "
     "admin/moderate. With `DFSHIELD_GUARD_ACTION=reject` a key suspected of a query-based "
@@ -152,6 +155,15 @@ async def analyze(
         store.remove_media(job_id)
         # Answer now, unread body and all; closing tells the client to stop sending.
         raise ApiError(413, e.code, e.message, headers={"Connection": "close"}) from None
+    except OSError as e:
+        store.remove_media(job_id)  # nothing half-written is left behind
+        if e.errno not in _NO_SPACE:
+            raise
+        log.error("upload refused: DATA_DIR is full", extra={"error": str(e)})
+        raise ApiError(507, "insufficient_storage",
+                       "the server has no space left to store this upload; retry later",
+                       headers={"Retry-After": str(DISK_FULL_RETRY_AFTER_S),
+                                "Connection": "close"}) from None
     except BaseException:
         store.remove_media(job_id)
         raise

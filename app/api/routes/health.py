@@ -35,6 +35,9 @@ def _checks(request: Request, r: RedisDep) -> dict[str, str]:
     if checks["redis"] == "ok":
         live = heartbeat.live_workers(r)
         checks["worker"] = "ok" if live else "no worker heartbeat in the last heartbeat_ttl_s"
+        if not live and (failed := heartbeat.failed_workers(r)):  # say why none is alive
+            checks["worker"] += "; " + "; ".join(
+                f"worker {f['name']} failed to start: {f['error']}" for f in failed[:3])
     local = getattr(request.app.state, "local_worker", None)
     if local is not None:  # `dfshield serve`: the in-process worker must have loaded its models
         if local.boot_error is not None:
