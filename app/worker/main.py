@@ -211,7 +211,7 @@ class Worker:
             secs = self.settings.job_timeout_s
             with bind_job(f.job.id):
                 log.warning("job timed out", extra={"seconds": round(now - f.started, 3),
-                                                    "thread": f.thread})
+                                                    "job_thread": f.thread})
                 self._finish_failed(f.claimed, f.job, "timeout",
                                     f"processing took longer than the {secs:g} s deadline "
                                     "(DFSHIELD_JOB_TIMEOUT_S); the media may be pathological")
