@@ -54,14 +54,16 @@ def lofo(
     if not fams:
         raise ValueError(f"{attack_root} holds no attacked rows")
     full = full_run or out_dir / "all"
+    store: dict[Any, Any] = {}  # one g, one XAI method: every retrained d reuses the maps
     if full_run is None:
-        train_adversarial(attack_root, full, detector, progress=progress, **d_kwargs)
+        train_adversarial(attack_root, full, detector, progress=progress, map_store=store,
+                          **d_kwargs)
     full_by = _test_by_attack(full)
     rows = []
     for fam in fams:
         run = out_dir / f"without_{fam}"
         rec = train_adversarial(attack_root, run, detector, exclude_families=[fam],
-                                progress=progress, **d_kwargs)
+                                progress=progress, map_store=store, **d_kwargs)
         n, rate = family_rate(rec["metrics"].get("test_by_attack", {}), fam)
         rows.append({"family": fam, "n": n, "flagged": rate,
                      "flagged_full": family_rate(full_by, fam)[1],

@@ -85,6 +85,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "calls fake are attacked) and 120 test reals.",
             "only Saliency d is trained in the demo: other XAI columns read 'not run'. The "
             "transfer target (d) is regnetx002_df, trained with g's recipe.",
+            "d's attacked class mixes every attack family over eps 2/4/8/16 (DDN over L2 1/2/4), "
+            "its clean class holds one benign-corrupted copy of each real; tau_attacked allows "
+            "3 % false alarms on the val clean class. Section (h) tests d per family and "
+            "budget, on benign corruptions, on torchattacks and leave-one-family-out.",
         ],
     },
     "full": {

@@ -67,17 +67,21 @@ MapFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class MapCache:
-    """XAI maps of g for crops identified by (set tag, position), computed once on first use."""
+    """XAI maps of g for crops identified by their attack-set path, computed once on first use.
 
-    def __init__(self, g: nn.Module, xai: str, limit_mb: float = 2048.0) -> None:
+    ``store`` may be shared between runs on the same g and XAI method (leave-one-family-out
+    retrains d many times on subsets of one set: the maps are the same every time).
+    """
+
+    def __init__(self, g: nn.Module, xai: str, limit_mb: float = 2048.0,
+                 store: dict[Any, torch.Tensor] | None = None) -> None:
         self.explainer = Explainer(g, xai)
         self.limit_bytes = limit_mb * 2**20
-        self.store: dict[tuple[str, int], torch.Tensor] = {}
-        self.used = 0
+        self.store: dict[Any, torch.Tensor] = {} if store is None else store
+        self.used = sum(m.numel() * 2 for m in self.store.values())
         self.computed = 0
 
-    def maps(self, tag: str, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        keys = [(tag, int(i)) for i in idx]
+    def maps(self, keys: list[Any], x: torch.Tensor) -> torch.Tensor:
         missing = [j for j, k in enumerate(keys) if k not in self.store]
         fresh: dict[int, torch.Tensor] = {}
         if missing:
@@ -94,8 +98,9 @@ class MapCache:
             for j, k in enumerate(keys)
         ])
 
-    def fn(self, tag: str) -> MapFn:
-        return lambda x, idx: self.maps(tag, x, idx)
+    def fn(self, rows: list[dict[str, Any]]) -> MapFn:
+        """Maps for a loader over ``rows`` (it yields positions into them)."""
+        return lambda x, idx: self.maps([rows[int(i)]["path"] for i in idx], x)
 
 
 @torch.no_grad()
@@ -181,6 +186,7 @@ def train_adversarial(
     workers: int = 0,
     tau_far: float | None = None,
     exclude_families: tuple[str, ...] | list[str] = (),
+    map_store: dict[Any, torch.Tensor] | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -191,6 +197,7 @@ def train_adversarial(
     whatever attacks val holds and says nothing about false alarms.
     ``exclude_families``: attacked rows of these families (``attack_mix.FAMILY``) are left out
     of train and val but kept in test: leave-one-family-out, the honest "unseen attack" test.
+    ``map_store``: a dict shared with other runs on the same g and ``xai`` (see MapCache).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -214,7 +221,7 @@ def train_adversarial(
     calib = (calibration_crops(attack_root, train_rows, size)
              if backbone_init.startswith("backbone:") else None)
     init = init_backbone(d, g, backbone_init, models_dir, calib)
-    cache = MapCache(g, xai, map_cache_mb)
+    cache = MapCache(g, xai, map_cache_mb, map_store)
     train_dl = loader(CropFiles(attack_root, train_rows, size), batch_size, workers,
                       balanced_sampler([r["label"] for r in train_rows], seed),
                       drop_last=len(train_rows) > batch_size)
@@ -244,11 +251,11 @@ def train_adversarial(
         if state["bad"] >= patience:
             break
         t0 = time.perf_counter()
-        loss = _epoch(d, train_dl, cache.fn("train"), opt, scaler, dev, amp,
+        loss = _epoch(d, train_dl, cache.fn(train_rows), opt, scaler, dev, amp,
                       max_steps_per_epoch, progress, f"adversarial {xai}/{mode} "
                       f"epoch {epoch + 1}/{epochs}")
         sched.step()
-        y, p = predict_p_attacked(d, val_dl, cache.fn("val"), dev, amp)
+        y, p = predict_p_attacked(d, val_dl, cache.fn(val_rows), dev, amp)
         val = binary_metrics(y, p, 0.5)
         # Selection: balanced accuracy at the epoch's own best val threshold (the threshold is
         # re-chosen on val at the end anyway); accuracy at 0.5 swings with calibration alone.
@@ -323,16 +330,16 @@ def _finish(
 ) -> dict[str, Any]:
     """Best epoch back, tau_attacked on val (Youden J or a stated FAR), val and test metrics."""
     d.net.load_state_dict(load_checkpoint(record.run_dir / BEST_NAME, dev)["model"])
-    y, p = predict_p_attacked(d, val_dl, cache.fn("val"), dev, amp)
-    tau = choose_threshold(y, p) if tau_far is None else threshold_for_fpr(p[y == 0], tau_far)
     val_rows = [r for r in rows if r["split"] == "val"]
+    y, p = predict_p_attacked(d, val_dl, cache.fn(val_rows), dev, amp)
+    tau = choose_threshold(y, p) if tau_far is None else threshold_for_fpr(p[y == 0], tau_far)
     metrics: dict[str, Any] = {"val": binary_metrics(y, p, tau),
                                "val_at_0.5": binary_metrics(y, p, 0.5),
                                "val_by_attack": rates_by_attack(val_rows, p, tau)}
     test_rows = [r for r in rows if r["split"] == "test"]
     if test_rows:
         dl = loader(CropFiles(root, test_rows, size), batch_size, workers)
-        yt, pt = predict_p_attacked(d, dl, cache.fn("test"), dev, amp)
+        yt, pt = predict_p_attacked(d, dl, cache.fn(test_rows), dev, amp)
         metrics["test"] = binary_metrics(yt, pt, tau)
         metrics["test_at_0.5"] = binary_metrics(yt, pt, 0.5)
         metrics["test_by_attack"] = rates_by_attack(test_rows, pt, tau)

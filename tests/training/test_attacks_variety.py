@@ -179,6 +179,13 @@ def test_ddn_finds_small_norms_and_leaves_reals_alone(g: Detector, fakes: Tensor
     assert torch.equal(kept.x_adv, reals) and kept.queries.tolist() == [1] * reals.shape[0]
 
 
+def test_quantized_ddn_lands_on_the_uint8_grid_inside_its_ball(g: Detector, fakes: Tensor) -> None:
+    res = run_attack("ddn", g, fakes, iters=30, eps_l2=2.0, quantize=True)
+    grid = res.x_adv * 255
+    assert torch.allclose(grid, grid.round(), atol=1e-4)  # an upload keeps it exactly
+    assert res.max_l2 <= 2.0 + 1e-4 and res.success.any()
+
+
 def test_upload_path_jpeg_is_straight_through() -> None:
     path = _UploadPath((90, 90), (1.0, 1.0), 0.0, 0.5, torch.Generator().manual_seed(0))
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
