@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.logs import request_id_var
 from app.media.errors import MediaError
@@ -26,6 +27,9 @@ _STATUS_CODES = {
     415: "unsupported_media", 422: "validation_error", 429: "rate_limited",
     500: "internal_error", 503: "unavailable", 507: "insufficient_storage",
 }
+
+
+_PROBED = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 class ApiError(Exception):
@@ -77,14 +81,29 @@ async def _media_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(exc.http_status, exc.code, exc.message)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first
+    route that matched the path, e.g. GET where GET and DELETE share it)."""
+    allowed = []
+    for method in _PROBED:  # ask the router itself: included routers hide their routes
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
     detail = exc.detail
+    headers = dict(getattr(exc, "headers", None) or {})
     if isinstance(detail, Mapping):  # {"code": ..., "detail": ...} from the auth layer
         code = str(detail.get("code", code))
         detail = detail.get("detail", "")
-    return problem(exc.status_code, code, str(detail), getattr(exc, "headers", None))
+    if exc.status_code == 405 and (methods := allowed_methods(request)):
+        headers["Allow"] = ", ".join(methods)
+        detail = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+    return problem(exc.status_code, code, str(detail), headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.auth import build_keyring, open_mode_warning
 from app.api.errors import install_error_handlers, internal_error
 from app.api.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from app.api.openapi import install_problem_responses
 from app.api.ratelimit import RateLimiter
 from app.api.routes import analyses, analyze, guard, health, ui
 from app.config import Settings, get_settings
@@ -142,4 +143,5 @@ def create_app(
     app.include_router(guard.router)
     app.include_router(health.router)
     ui.install(app)
+    install_problem_responses(app)
     return app
