@@ -88,7 +88,7 @@ def detection_rows(
         p = flag(x) if len(x) else np.zeros(0)
         stats = res.stats()
         rows.append({"attack": job.label, "family": FAMILY.get(job.attack, job.attack),
-                     "attempted": stats["n"], "fooled_g": int(res.fooled.sum()),
+                     "attempted": stats["n_attacked"], "fooled_g": int(res.fooled.sum()),
                      "flagged": float(np.mean(p >= tau)) if len(p) else None,
                      "mean_linf": stats["mean_linf"], "mean_queries": stats["mean_queries"],
                      "target": target_for(job)})

@@ -212,7 +212,7 @@ def train_adversarial(
     arch_kwargs = {"freeze_backbone": mode == "frozen"}
     d = create_model(arch, **arch_kwargs).to(dev)
     rows = [r for r in read_jsonl(attack_root / INDEX_NAME)
-            if r["split"] == "test" or family_of(str(r["attack"])) not in exclude_families]
+            if r["split"] == "test" or family_of(_attack_of(r)) not in exclude_families]
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
     if not train_rows or not val_rows:
@@ -357,10 +357,15 @@ def rates_by_attack(
     """Share flagged (p ≥ tau) per row group: each attack label, ``clean``, ``benign``."""
     groups: dict[str, list[float]] = {}
     for r, pi in zip(rows, np.asarray(p).tolist(), strict=True):
-        key = "benign" if str(r["attack"]).startswith("benign:") else str(r["attack"])
+        key = "benign" if _attack_of(r).startswith("benign:") else _attack_of(r)
         groups.setdefault(key, []).append(pi)
     return {k: {"n": len(v), "flagged": float(np.mean(np.asarray(v) >= tau))}
             for k, v in sorted(groups.items())}
+
+
+def _attack_of(row: dict[str, Any]) -> str:
+    """A row's attack label; sets written by hand (or older tools) may only carry the class."""
+    return str(row.get("attack") or ("clean" if int(row["label"]) == 0 else "attacked"))
 
 
 def _attack_meta(root: Path) -> dict[str, Any]:
