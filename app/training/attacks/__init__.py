@@ -2,8 +2,8 @@
 
 ``run_attack("pgd", g, x)`` or ``get_attack("square", max_queries=300)(g, x)``; every attack
 returns an :class:`AttackResult` (success, L∞ and L2 distances, the ball's norm and radius).
-All are L∞ (eps 16/255) except ``ddn`` (L2, ``eps_l2``). Only PGD-attacked faces train d; the
-rest test it (DESIGN §2).
+All are L∞ (eps 16/255) except ``ddn`` (L2, ``eps_l2``). The paper trains d on PGD alone
+(``--train-attacks pgd``); the served d trains on a mix of them (``attack_mix.py``).
 """
 
 from __future__ import annotations
