@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
+
+from app.training import benign
 
 Degrade = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 def _jpeg(q: int) -> Degrade:
-    def f(img: np.ndarray, _: np.random.Generator) -> np.ndarray:
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, q])
-        return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) if ok else img
-    return f
+    return lambda img, _: benign.jpeg(img, q)
 
 
 def _noise(sigma: float) -> Degrade:
@@ -31,16 +28,11 @@ def _noise(sigma: float) -> Degrade:
 
 
 def _blur(sigma: float) -> Degrade:
-    return lambda img, _: cv2.GaussianBlur(img, (0, 0), sigma)
+    return lambda img, _: benign.blur(img, sigma)
 
 
 def _resample(factor: float) -> Degrade:
-    def f(img: np.ndarray, _: np.random.Generator) -> np.ndarray:
-        h, w = img.shape[:2]
-        small = cv2.resize(img, (max(int(w * factor), 8), max(int(h * factor), 8)),
-                           interpolation=cv2.INTER_AREA)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return f
+    return lambda img, _: benign.resample(img, factor)
 
 
 def _cast(gains: tuple[float, float, float]) -> Degrade:
