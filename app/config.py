@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     # --- method ---
     xai_method: XaiMethod = "saliency"
+    # Moderators need to see why g called a face fake; costs one extra XAI pass per such face.
+    explain_fake: bool = Field(
+        True, description="heatmap of g's fake logit for faces g called fake (no d on it)"
+    )
     # None = use the thresholds the manifest chose on validation data (0.5 if it has none).
     tau_fake: float | None = Field(None, ge=0.0, le=1.0)
     tau_attacked: float | None = Field(None, ge=0.0, le=1.0)

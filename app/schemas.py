@@ -56,6 +56,10 @@ class FacePublic(BaseModel):
     sharpness: float | None = Field(None, description="var(Laplacian)/var(grey) of the face")
     person: int | None = Field(None, description="id of the person (track) this face belongs to")
     explanation_url: str | None = None
+    explanation_of: Literal["real", "fake"] | None = Field(
+        None, description="logit of g the heatmap explains: 'real' (the map d judged) or "
+        "'fake' (why g called the face fake; DFSHIELD_EXPLAIN_FAKE)",
+    )
     crop_url: str | None = None
 
 

@@ -55,7 +55,7 @@ def expose_json(body: Any, level: ScoreExposure) -> Any:
     for k, v in body.items():
         if k in SCORE_FIELDS:
             out[k] = _score(v, level)
-        elif k == "explanation_url" and level == "verdict":
+        elif k in ("explanation_url", "explanation_of") and level == "verdict":
             out[k] = None
         else:
             out[k] = expose_json(v, level)
@@ -68,7 +68,7 @@ def expose_face(face: FacePublic, level: ScoreExposure) -> FacePublic:
     update: dict[str, Any] = {"p_fake": _score(face.p_fake, level),
                               "p_attacked": _score(face.p_attacked, level)}
     if level == "verdict":
-        update["explanation_url"] = None
+        update["explanation_url"] = update["explanation_of"] = None
     return face.model_copy(update=update)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,7 +47,10 @@ class FaceScore:
     p_fake: float
     p_attacked: float | None
     verdict: Verdict  # from the scores alone; build_frame makes flagged faces uncertain
-    xai_map: np.ndarray | None  # uint8 HxWx3 map image, only for faces g called real
+    # uint8 HxWx3 map image: d's map of the real logit for real-called faces ("real"), or with
+    # explain_fake the fake logit's map for fake-called ones ("fake"); else None.
+    xai_map: np.ndarray | None
+    xai_target: Literal["real", "fake"] | None = None
 
 
 def crops_to_tensor(crops: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -90,6 +94,7 @@ class Analyzer:
         backend: Backend = "torch",
         models_dir: Path | None = None,
         threads: int = 0,
+        explain_fake: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -99,11 +104,12 @@ class Analyzer:
         self.adversarial = bundle.adversarial.to(device).eval()
         self.thresholds = thresholds
         self.xai_method = xai_method
+        self.explain_fake = explain_fake  # also map the fake logit of fake-called faces (UI)
         # Autocast only on CUDA: CPU bf16 autocast is slower and less accurate here.
         self.amp = amp and device.type == "cuda" and backend == "torch"
         self.models: list[ModelInfo] = bundle.model_infos()
         self.crop_size: int = self.detector.input_size
-        self._explainers: dict[str, Explainer] = {}
+        self._explainers: dict[tuple[str, str], Explainer] = {}
         self.backend = backend
         self.runtime = "torch"  # what runs g and d, e.g. "onnxruntime CPUExecutionProvider"
         self.g: FakeScorer = self.detector
@@ -127,7 +133,7 @@ class Analyzer:
         bundle = load_bundle(settings.models_dir, dev)
         return cls(bundle, dev, resolve_thresholds(bundle, settings), settings.xai_method,
                    settings.amp, backend=settings.backend, models_dir=settings.models_dir,
-                   threads=settings.torch_threads)
+                   threads=settings.torch_threads, explain_fake=settings.explain_fake)
 
     @property
     def device_label(self) -> str:
@@ -140,10 +146,10 @@ class Analyzer:
     def trained(self) -> bool:
         return all(m.trained for m in self.models)
 
-    def explainer(self, method: str) -> Explainer:
-        if method not in self._explainers:
-            self._explainers[method] = Explainer(self.detector, method)
-        return self._explainers[method]
+    def explainer(self, method: str, target: str = "real") -> Explainer:
+        if (method, target) not in self._explainers:
+            self._explainers[method, target] = Explainer(self.detector, method, target=target)
+        return self._explainers[method, target]
 
     def _autocast(self) -> AbstractContextManager[object]:
         if self.amp:
@@ -172,24 +178,39 @@ class Analyzer:
         _add_time(timings, "detector", t0)
         p_att: dict[int, float] = {}
         maps: dict[int, np.ndarray] = {}
-        for method, idx in self._real_groups(p_fake, methods).items():
+        for method, idx in self._groups(p_fake, methods, real=True).items():
             self._score_group(x, idx, method, p_att, maps, timings)
-        return [
-            FaceScore(
-                p_fake=float(p_fake[i]),
-                p_attacked=p_att.get(i),
-                verdict=face_verdict(float(p_fake[i]), p_att.get(i), self.thresholds),
-                xai_map=maps.get(i),
-            )
-            for i in range(len(crops))
-        ]
+        fake_maps: dict[int, np.ndarray] = {}
+        if self.explain_fake:
+            for method, idx in self._groups(p_fake, methods, real=False).items():
+                self._explain_fake(x, idx, method, fake_maps, timings)
+        return [self._face_score(float(p_fake[i]), p_att.get(i), maps.get(i), fake_maps.get(i))
+                for i in range(len(crops))]
 
-    def _real_groups(self, p_fake: np.ndarray, methods: list[str]) -> dict[str, list[int]]:
+    def _face_score(self, p_fake: float, p_att: float | None, real_map: np.ndarray | None,
+                    fake_map: np.ndarray | None) -> FaceScore:
+        target = "real" if real_map is not None else "fake" if fake_map is not None else None
+        return FaceScore(p_fake=p_fake, p_attacked=p_att,
+                         verdict=face_verdict(p_fake, p_att, self.thresholds),
+                         xai_map=real_map if real_map is not None else fake_map,
+                         xai_target=target)
+
+    def _groups(self, p_fake: np.ndarray, methods: list[str], real: bool) -> dict[str, list[int]]:
+        """Indices of the real-called (``real``) or fake-called faces, by XAI method."""
         groups: dict[str, list[int]] = defaultdict(list)
         for i, p in enumerate(p_fake):
-            if p < self.thresholds.tau_fake:
+            if (p < self.thresholds.tau_fake) == real:
                 groups[methods[i]].append(i)
         return groups
+
+    def _explain_fake(self, x: torch.Tensor, idx: list[int], method: str,
+                      maps: dict[int, np.ndarray], timings: dict[str, float] | None) -> None:
+        """Why g called these faces fake: the same map rule over the fake logit (no d)."""
+        t0 = time.perf_counter()
+        xai = self.explainer(method, "fake").maps(x[idx])
+        _add_time(timings, "xai_fake", t0)
+        for j, i in enumerate(idx):
+            maps[i] = map_to_image(xai[j])
 
     def _score_group(
         self,

@@ -1,4 +1,8 @@
-"""XAI maps of the detector g for its *real* logit, and the one rule that turns them into images.
+"""XAI maps of the detector g, and the one rule that turns them into images.
+
+d judges maps of g's *real* logit (the paper's rule), so that is the default target; the
+moderator UI also shows, for faces g called fake, a map of the *fake* logit (``target="fake"``):
+why g called it fake. Same methods, same map rule, only the explained logit differs.
 
 One interface over four captum methods (``XAI_METHODS``). Attributions are taken w.r.t. the exact
 tensor the raw network sees: ``detector.prep(crops)`` (resized + normalised), so maps are
@@ -36,6 +40,7 @@ from torch import nn
 
 from app.models.wrappers import Detector
 
+XAI_TARGETS: dict[str, int] = {"real": Detector.REAL, "fake": Detector.FAKE}
 XAI_METHODS: tuple[str, ...] = (
     "saliency",
     "guided_backprop",
@@ -46,7 +51,8 @@ _EPS = 1e-12
 
 
 class Explainer:
-    """Attribution of ``detector``'s real logit w.r.t. its normalised input, for one method."""
+    """Attribution of one of ``detector``'s logits (``target``: real by default) w.r.t. its
+    normalised input, for one method."""
 
     def __init__(
         self,
@@ -54,7 +60,11 @@ class Explainer:
         method: str = "saliency",
         ig_steps: int = 16,
         internal_batch_size: int = 16,
+        target: str = "real",
     ) -> None:
+        if target not in XAI_TARGETS:
+            choices = ", ".join(XAI_TARGETS)
+            raise ValueError(f"unknown XAI target {target!r}; choose one of {choices}")
         if method not in XAI_METHODS:
             raise ValueError(
                 f"unknown XAI method {method!r}; choose one of {', '.join(XAI_METHODS)}"
@@ -65,6 +75,7 @@ class Explainer:
         self.method = method
         self.ig_steps = ig_steps
         self.internal_batch_size = internal_batch_size
+        self.target = target
 
     def attribute(self, crops: torch.Tensor) -> torch.Tensor:
         """crops ``[B,3,H,W]`` in [0,1] → attribution ``[B,3,S,S]`` (float32, detached)."""
@@ -94,7 +105,7 @@ class Explainer:
         return attribution_to_map(self.attribute(crops))
 
     def _run(self, net: nn.Module, x_n: torch.Tensor) -> torch.Tensor:
-        target = Detector.REAL
+        target = XAI_TARGETS[self.target]
         if self.method == "saliency":
             return Saliency(net).attribute(x_n, target=target, abs=True)
         if self.method == "guided_backprop":

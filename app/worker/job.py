@@ -148,7 +148,8 @@ class JobRunner:
     def _images(
         self, job_id: str, frame: FramePublic, faces: list[DetectedFace], scored: list[ScoredCrop]
     ) -> dict[tuple[int, int, PngKind], bytes]:
-        """crop.png for every face; explanation.png (heatmap over the crop) when XAI ran."""
+        """crop.png for every face; explanation.png (heatmap over the crop) when XAI ran: d's map
+        for real-called faces, the fake logit's map for fake-called ones (``explanation_of``)."""
         out: dict[tuple[int, int, PngKind], bytes] = {}
         for pub, face, s in zip(frame.faces, faces, scored, strict=True):
             out[(frame.index, pub.index, "crop")] = encode_png(face.crop)
@@ -157,6 +158,7 @@ class JobRunner:
                 heat = map_to_heatmap(s.score.xai_map, face.crop)
                 out[(frame.index, pub.index, "explanation")] = encode_png(heat)
                 pub.explanation_url = face_url(job_id, frame.index, pub.index, "explanation")
+                pub.explanation_of = s.score.xai_target
         return out
 
 

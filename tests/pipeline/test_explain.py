@@ -91,11 +91,11 @@ def hook_count(net: nn.Module) -> int:
     return global_hooks + sum(_hooks_on(m) for m in net.modules())
 
 
-def plain_gradient(det: Detector, x: torch.Tensor) -> torch.Tensor:
-    """d real-logit / d normalised input, by hand."""
+def plain_gradient(det: Detector, x: torch.Tensor, logit: int = Detector.REAL) -> torch.Tensor:
+    """d logit / d normalised input, by hand (the real logit unless told)."""
     det.eval()
     x_n = det.prep(x).detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(det.net(x_n)[:, Detector.REAL].sum(), x_n)
+    (grad,) = torch.autograd.grad(det.net(x_n)[:, logit].sum(), x_n)
     return grad
 
 
@@ -123,6 +123,17 @@ def test_saliency_is_abs_gradient_of_real_logit_wrt_the_tensor_g_sees() -> None:
     x = crops()
     expected = plain_gradient(det, x).abs()
     torch.testing.assert_close(Explainer(det, "saliency").attribute(x), expected)
+
+
+def test_fake_target_explains_the_fake_logit_not_the_real_one() -> None:
+    det = make_detector("relu")
+    x = crops()
+    fake = Explainer(det, "saliency", target="fake").attribute(x)
+    torch.testing.assert_close(fake, plain_gradient(det, x, Detector.FAKE).abs())
+    real = Explainer(det, "saliency").attribute(x)
+    assert not torch.allclose(fake, real)  # two logits, two different gradients
+    with pytest.raises(ValueError, match="unknown XAI target 'both'"):
+        Explainer(det, "saliency", target="both")
 
 
 def test_guided_backprop_is_plain_gradient_on_silu_but_not_on_relu() -> None:

@@ -19,7 +19,7 @@ from app.config import Settings, get_settings
 from app.models.registry import create_model
 from app.models.store import MANIFEST_NAME, ModelBundle, ModelStoreError, load_bundle
 from app.pipeline.analyze import Analyzer, build_result
-from app.pipeline.explain import Explainer
+from app.pipeline.explain import Explainer, map_to_image
 from app.runtime.onnx import CPU_EP, OnnxAdversarial, OnnxDetector, pick_provider
 from app.schemas import MediaInfo, Thresholds
 from app.training.common import BEST_NAME, RunRecord, save_checkpoint
@@ -230,3 +230,22 @@ def test_bench_pipeline_reports_the_backend(store: Path, monkeypatch: pytest.Mon
     print_pipeline(report, console)
     text = " ".join(console.export_text().split())  # the title wraps to the table's width
     assert f"g and d in onnxruntime {CPU_EP}" in text
+
+
+def test_fake_called_faces_get_a_map_of_the_fake_logit_and_no_d(bundle: ModelBundle):
+    crops = _portrait_crops(SIZE)
+    with torch.no_grad():
+        p_fake = bundle.detector.p_fake(_to_tensor(crops)).numpy()
+    th = Thresholds(tau_fake=_split_threshold(p_fake), tau_attacked=0.5)
+    plain = Analyzer(bundle, CPU, th).score_crops(crops)
+    shown = Analyzer(bundle, CPU, th, explain_fake=True).score_crops(crops)
+    fake_maps = Explainer(bundle.detector, "saliency", target="fake").maps(_to_tensor(crops))
+    assert {s.verdict.value for s in shown} >= {"fake"}
+    for i, (a, b) in enumerate(zip(plain, shown, strict=True)):
+        assert (a.verdict, a.p_fake, a.p_attacked) == (b.verdict, b.p_fake, b.p_attacked)
+        if b.verdict.value == "fake":  # g called it fake: a map of why, and still no d
+            assert a.xai_map is None and b.p_attacked is None and b.xai_target == "fake"
+            assert np.array_equal(b.xai_map, map_to_image(fake_maps[i]))
+        else:  # d's map, unchanged
+            assert b.xai_target == a.xai_target == "real"
+            assert np.array_equal(a.xai_map, b.xai_map)
