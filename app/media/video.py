@@ -109,7 +109,8 @@ def probe_video(path: Path, fmt: str, limits: MediaLimits) -> VideoProbe:
 
 def _codec_name(stream: av.video.stream.VideoStream) -> str:
     ctx = stream.codec_context
-    name = ctx.name if ctx is not None else "unknown"
+    # The format's codec id, not the decoder's name: FFmpeg may decode AV1 with "libdav1d".
+    name = ctx.codec.canonical_name if ctx is not None else "unknown"
     if name not in SUPPORTED_CODECS:
         raise UnsupportedMedia(
             f"video codec {name!r} is not supported; use H.264, HEVC, VP8, VP9, AV1, "

@@ -137,6 +137,7 @@ def test_rotated_size_checked_as_displayed(tmp_path: Path) -> None:
         ("a.mov", "libx264"),
         ("h.mp4", "libx265"),
         ("v8.webm", "libvpx"),
+        ("av1.mp4", "libsvtav1"),  # decoded by libdav1d: the stream's codec id is what counts
     ],
 )
 def test_codecs_and_containers_decode(tmp_path: Path, name: str, codec: str) -> None:

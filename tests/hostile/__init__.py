@@ -1,0 +1,1 @@
+"""Hostile-input corpus: ``generate.py`` writes it (``tests/data/bad/``, never committed)."""
