@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # --- moderator UI (/ui) ---
+    ui_session_ttl_s: int = Field(8 * 3600, ge=60, description="UI login lifetime (seconds)")
+    ui_page_size: int = Field(25, ge=1, le=200, description="analyses per page of the UI list")
+    ui_list_max: int = Field(
+        1000, ge=1, description="newest analyses the UI list filters and pages over"
+    )
+
     # --- guard: stateful detection of query-based attack campaigns (app/guard, README) ---
     guard_enabled: bool = Field(True, description="fingerprint faces and judge keys")
     # Never logged (SecretStr); unset: a random salt is generated once and kept in Redis.

@@ -163,6 +163,13 @@ class KeyRing:
                 match = entry
         return Principal(match.key_id, match.roles) if match else None
 
+    def by_id(self, key_id: str) -> Principal | None:
+        """The principal of a configured key id (UI sessions store ids, never keys)."""
+        for entry in self._entries:
+            if entry.key_id == key_id:
+                return Principal(entry.key_id, entry.roles)
+        return None
+
 
 def open_mode_warning() -> str:
     """The line to log at startup when the API runs without authentication."""

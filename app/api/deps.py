@@ -6,7 +6,8 @@ against the key's rate limit (429 ``rate_limited`` with ``Retry-After``); :func:
 the role check (403 ``forbidden``). Open mode (no keys configured) answers the anonymous
 principal with every role and does not rate limit: limits are per key, and a per-address limit
 behind a proxy would throttle every client together. The UI uses :func:`get_ui_principal`,
-which also accepts the key from its login cookie.
+which also accepts the session cookie its login form sets (the cookie names a server-side
+session; it never holds the key).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from app.api.auth import Principal, can_delete, can_read, get_keyring, presented
 from app.api.errors import ApiError, not_found
 from app.api.exposure import exposure_for
 from app.api.ratelimit import check_rate_limit, rate_limit_exceeded
+from app.api.ui_session import UiSession, UiSessions, session_principal
 from app.config import ScoreExposure, Settings
 from app.guard.memory import GuardMemory
 from app.queue.streams import JobQueue
@@ -31,11 +33,12 @@ from app.store.results import JobRecord, ResultStore, valid_job_id
 __all__ = [
     "UI_COOKIE", "AdminPrincipal", "DeletableJobDep", "ExposureDep", "GuardDep", "JobDep",
     "ModeratePrincipal", "PrincipalDep", "QueueDep", "ReadPrincipal", "RedisDep", "SettingsDep",
-    "StoreDep", "SubmitPrincipal", "authenticate", "get_principal", "get_ui_principal",
+    "StoreDep", "SubmitPrincipal", "authenticate", "authenticate_ui", "get_principal",
+    "get_ui_principal", "ui_session", "ui_sessions",
     "guard_gate", "guard_restricted", "require",
 ]
 
-UI_COOKIE = "dfshield_key"
+UI_COOKIE = "dfshield_session"  # a UI session id (app.api.ui_session), never an API key
 # Declared for the OpenAPI page (/docs shows an "Authorize" button); the key itself is read by
 # app.api.auth.presented_key, so auto_error stays off and the 401 is ours (problem+json).
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`")
@@ -106,9 +109,30 @@ async def get_principal(
     return principal
 
 
+def ui_sessions(request: Request) -> UiSessions:
+    return UiSessions(request.app.state.redis, request.app.state.settings.ui_session_ttl_s)
+
+
+def ui_session(request: Request) -> UiSession | None:
+    """The UI session the cookie names, if it is live."""
+    return ui_sessions(request).get(request.cookies.get(UI_COOKIE))
+
+
+def authenticate_ui(request: Request) -> Principal:
+    """A header key first (API clients, proxies), else the UI session cookie; 401 when neither."""
+    keyring = get_keyring(request)
+    if keyring.open or presented_key(request):
+        return authenticate(request)
+    session = ui_session(request)
+    principal = session_principal(keyring, session) if session is not None else None
+    if principal is None:
+        raise unauthorized("not logged in (or the session expired): log in with an API key")
+    return principal
+
+
 async def get_ui_principal(request: Request) -> Principal:
-    """Like :func:`get_principal`, also accepting the UI's login cookie (page views only)."""
-    principal = authenticate(request, request.cookies.get(UI_COOKIE))
+    """Like :func:`get_principal`, also accepting the UI's session cookie (page views only)."""
+    principal = await run_in_threadpool(authenticate_ui, request)
     await limit(request, principal)
     return principal
 

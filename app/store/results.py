@@ -65,6 +65,7 @@ class JobRecord(BaseModel):
     media: MediaInfo | None = None  # probe result at submit time
     entry_id: str | None = None  # current stream entry
     verdict: Verdict | None = None  # summary verdict, copied here at done (cheap listing)
+    face_counts: dict[str, int] | None = None  # summary face counts by verdict, likewise
     # completion webhook (app.worker.webhook): pending | delivered | failed
     webhook_status: str | None = None
     webhook_attempts: int = 0
@@ -80,8 +81,9 @@ class JobRecord(BaseModel):
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> JobRecord:
         d: dict[str, object] = {k.decode(): v.decode() for k, v in h.items()}
-        if "media" in d:
-            d["media"] = json.loads(str(d["media"]))
+        for field in ("media", "face_counts"):
+            if field in d:
+                d[field] = json.loads(str(d[field]))
         return cls.model_validate(d)
 
 
@@ -192,7 +194,8 @@ class ResultStore:
         pipe.set(_key(job_id, "result"), result.model_dump_json(), ex=self.ttl_s)
         pipe.hset(_key(job_id), mapping={"status": JobStatus.DONE.value, "finished_at": now,
                                          "updated_at": now, "frames_done": n, "frames_total": n,
-                                         "verdict": result.summary.verdict.value})
+                                         "verdict": result.summary.verdict.value,
+                                         "face_counts": result.summary.faces.model_dump_json()})
         pipe.expire(_key(job_id), self.ttl_s)
         pipe.execute()
 
