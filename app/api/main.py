@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.auth import build_keyring, open_mode_warning
 from app.api.errors import install_error_handlers, internal_error
 from app.api.metrics import HTTP_REQUESTS, HTTP_SECONDS
-from app.api.openapi import install_problem_responses
+from app.api.openapi import install_problem_responses, operation_id
 from app.api.ratelimit import RateLimiter
 from app.api.routes import analyses, analyze, guard, health, ui
 from app.config import Settings, get_settings
@@ -125,6 +125,7 @@ def create_app(
         version="1",
         summary="Deepfake detection that also flags faces adversarially attacked to fool it.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,  # `analyze`, not `analyze_v1_analyze_post`
     )
     app.state.settings = settings
     app.state.redis = client

@@ -110,13 +110,16 @@ def _png(store: StoreDep, job_id: str, frame: int, face: int, kind: PngKind) -> 
                     headers={"Cache-Control": "private, max-age=3600"})
 
 
-_PNG = {200: {"content": {"image/png": {}}}, **_404}
+# Binary, so generated clients return the bytes (``File``) instead of warning about no schema.
+_PNG = {200: {"description": "PNG image",
+              "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **_404}
 
 
 @router.get("/{job_id}/frames/{frame}/faces/{face}/explanation.png", response_class=Response,
             responses=_PNG, summary="XAI heatmap over the face crop (faces g called real)")
-def explanation_png(job: JobDep, store: StoreDep, frame: int, face: int,
-                    exposure: ExposureDep) -> Response:
+def get_face_explanation(job: JobDep, store: StoreDep, frame: int, face: int,
+                         exposure: ExposureDep) -> Response:
     if exposure == "verdict":  # a saliency map is a picture of g's gradient
         raise not_found(f"explanation image of face {face} in frame {frame}")
     return _png(store, job.id, frame, face, "explanation")
@@ -124,7 +127,7 @@ def explanation_png(job: JobDep, store: StoreDep, frame: int, face: int,
 
 @router.get("/{job_id}/frames/{frame}/faces/{face}/crop.png", response_class=Response,
             responses=_PNG, summary="The face crop the detectors saw")
-def crop_png(job: JobDep, store: StoreDep, frame: int, face: int) -> Response:
+def get_face_crop(job: JobDep, store: StoreDep, frame: int, face: int) -> Response:
     return _png(store, job.id, frame, face, "crop")
 
 

@@ -7,6 +7,7 @@ import errno
 import logging
 import time
 from dataclasses import replace
+from http import HTTPStatus
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -21,7 +22,7 @@ from app.api.models import AnalysisAccepted, AnalysisWithFrames, AnalyzeForm, li
 from app.api.upload import SpooledUpload, spool_multipart
 from app.config import Settings
 from app.media import MediaLimits, probe_media
-from app.media.errors import EmptyFile, FileTooLarge, TooManyFrames
+from app.media.errors import EmptyFile, FileTooLarge, MediaError, TooManyFrames
 from app.queue.streams import JobQueue
 from app.schemas import JobStatus, MediaInfo, Problem
 from app.store.results import TERMINAL, JobRecord, ResultStore, new_job_id
@@ -36,7 +37,9 @@ _FORM_SCHEMA = {
     "requestBody": {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
+            "title": "AnalysisCreate",  # becomes components/schemas/AnalysisCreate (openapi.py)
             "type": "object", "required": ["file"],
+            "additionalProperties": False,  # AnalyzeForm forbids extra fields (422)
             "properties": {
                 "file": {"type": "string", "format": "binary",
                          "description": "video (mp4, mov, webm, mkv, avi) or image"},
@@ -44,15 +47,59 @@ _FORM_SCHEMA = {
                                                           "input_x_gradient",
                                                           "integrated_gradients"]},
                 "max_frames": {"type": "integer", "minimum": 1},
-                "callback_url": {"type": "string", "format": "uri"},
+                "callback_url": {"type": "string", "format": "uri", "pattern": "^https?://",
+                                 "maxLength": 2083, "description": "webhook (http or https)"},
                 "wait": {"type": "number", "minimum": 0,
                          "description": "seconds to wait for a synchronous 200"},
             },
         }}},
     }
 }
-_ERRORS = {code: {"model": Problem, "content": {"application/problem+json": {}}}
-           for code in (400, 401, 403, 413, 415, 422, 429, 503, 507)}
+
+
+def _media_codes(status: int) -> list[str]:
+    """The media error codes answered with ``status`` (read from the error classes)."""
+    classes, seen = [MediaError], []
+    while classes:
+        cls = classes.pop(0)
+        classes.extend(cls.__subclasses__())
+        if cls is not MediaError and cls.http_status == status and cls.code not in seen:
+            seen.append(cls.code)
+    return seen
+
+
+def _described(status: int, *codes: str) -> dict[str, object]:
+    names = ", ".join(f"`{c}`" for c in [*codes, *_media_codes(status)])
+    return {"model": Problem, "content": {"application/problem+json": {}},
+            "description": f"{HTTPStatus(status).phrase}: {names}"}
+
+
+# The operations a submitted analysis leads to; `schemathesis` follows them in stateful runs.
+_BY_ID = {"job_id": "$response.body#/id"}
+_FIRST_FACE = {**_BY_ID, "frame": 0, "face": 0}
+_LINKS = {
+    "GetAnalysis": {"operationId": "get_analysis", "parameters": _BY_ID},
+    "ListFrames": {"operationId": "list_frames", "parameters": _BY_ID},
+    "GetFaceCrop": {"operationId": "get_face_crop", "parameters": _FIRST_FACE},
+    "GetFaceExplanation": {"operationId": "get_face_explanation", "parameters": _FIRST_FACE},
+    "DeleteAnalysis": {"operationId": "delete_analysis", "parameters": _BY_ID},
+}
+_LOCATION = {"Location": {"description": "the analysis to poll (`links.analysis`)",
+                          "required": True, "schema": {"type": "string"}}}
+_RESPONSES: dict[int | str, dict[str, object]] = {
+    202: {"description": "queued: poll `Location`", "links": _LINKS, "headers": _LOCATION},
+    200: {"model": AnalysisWithFrames, "description": "finished within `wait`",
+          "links": _LINKS},
+    400: _described(400, "bad_request"),
+    401: _described(401, "unauthorized"),
+    403: _described(403, "forbidden", "query_attack_suspected"),
+    413: _described(413),
+    415: _described(415, "unsupported_content_type"),
+    422: _described(422, "validation_error", "callback_url_rejected"),
+    429: _described(429, "rate_limited"),
+    503: _described(503, "queue_full", "unavailable"),
+    507: _described(507, "insufficient_storage"),
+}
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_RETRY_AFTER_S = 30
 _DESCRIPTION = (
@@ -65,7 +112,8 @@ _DESCRIPTION = (
 
 def _form(fields: dict[str, str], settings: Settings) -> AnalyzeForm:
     try:
-        form = AnalyzeForm.model_validate({k: v for k, v in fields.items() if v != ""})
+        # An empty field is a value, not an absent one: "" is no URI, integer or method.
+        form = AnalyzeForm.model_validate(fields)
     except ValidationError as e:
         msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ApiError(422, "validation_error", msg) from None
@@ -124,8 +172,7 @@ async def _wait_for(store: ResultStore, job_id: str, seconds: float) -> JobRecor
 
 @router.post(
     "/v1/analyze", status_code=202, response_model=AnalysisAccepted,
-    responses={200: {"model": AnalysisWithFrames, "description": "finished within `wait`"},
-               **_ERRORS},
+    responses=_RESPONSES,
     openapi_extra=_FORM_SCHEMA,
     summary="Submit a video or image for analysis",
     description=_DESCRIPTION,

@@ -57,7 +57,9 @@ def readyz(request: Request, r: RedisDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"description": "Prometheus text exposition format",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(r: RedisDep, queue: QueueDep, guard: GuardDep, settings: SettingsDep) -> Response:
     try:  # gauges read from Redis at scrape time, so every API replica reports the same
         QUEUE_DEPTH.set(queue.depth())
