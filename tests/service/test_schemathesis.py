@@ -1,0 +1,118 @@
+"""API contract fuzzing: schemathesis, every check, against the live service with auth on.
+
+The real API (uvicorn on loopback) with a real worker and Redis; schemathesis's CLI runs in a
+subprocess with an admin key, every check, a fixed seed and a bounded number of examples, through
+its coverage, fuzzing and stateful phases (the stateful phase follows the OpenAPI links from
+``analyze`` to the analysis, its frames, face images and ``DELETE``). Zero failures are asserted.
+
+One check is excluded, for one operation: ``positive_data_acceptance`` on ``POST /v1/analyze``.
+A schema-valid upload is almost never a valid *submission*: the ``file`` is random bytes
+(415 ``unsupported_media``) and a generated ``callback_url`` names a host that does not resolve
+(422 ``callback_url_rejected``); no JSON Schema can say "decodable media" or "resolvable host".
+Every other operation keeps it, and ``analyze`` keeps every other check (negative data must
+still be rejected, no 5xx, every status and header as documented).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from prometheus_client import REGISTRY
+
+from app.config import REPO_ROOT
+from app.worker.main import Worker
+from tests.service.live import LiveApi, make_settings
+
+ADMIN = "fuzz-admin-" + "f" * 24
+SEED = 14
+MAX_EXAMPLES = 25
+CONFIG = """\
+hooks = "tests.service.schemathesis_hooks"
+
+[checks]
+enabled = true
+
+[phases.stateful]
+max-steps = 10
+
+# Schema-valid bytes are not decodable media: see the module docstring.
+[[operations]]
+include-operation-id = "analyze"
+checks.positive_data_acceptance.enabled = false
+"""
+CROP = "/v1/analyses/{job_id}/frames/{frame}/faces/{face}/crop.png"
+REACHED = ("/v1/analyses/{job_id}", "/v1/analyses/{job_id}/frames", CROP)
+
+
+def _served(route: str, status: str | None = None) -> float:
+    """Requests the API answered on ``GET route`` so far (this process's metrics)."""
+    total = 0.0
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            labels = sample.labels
+            if (sample.name == "dfshield_http_requests_total" and labels.get("route") == route
+                    and labels.get("method") == "GET"
+                    and (status is None or labels.get("status") == status)):
+                total += sample.value
+    return total
+
+
+def _run_schemathesis(url: str, work: Path) -> tuple[dict, str, float]:
+    """The CLI's JSON report, its console output and its wall time."""
+    (work / "schemathesis.toml").write_text(CONFIG)
+    report = work / "report.json"
+    cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file",
+           str(work / "schemathesis.toml"), "run", f"{url}/openapi.json",
+           "--header", f"Authorization: Bearer {ADMIN}", "--seed", str(SEED),
+           "--max-examples", str(MAX_EXAMPLES), "--workers", "1",
+           "--generation-database", "none", "--no-color",
+           "--report", "json", "--report-json-path", str(report)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # the hooks module lives in tests/
+    t0 = time.monotonic()
+    # cwd: schemathesis keeps a crash cache in ./.schemathesis; not in the repository.
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert report.exists(), out[-4000:]
+    return json.loads(report.read_text()), out, seconds
+
+
+def test_schemathesis_all_checks_zero_failures(
+    tmp_path: Path, redis_server, redis_client: redis.Redis,
+    api_factory: Callable[..., LiveApi], worker_factory: Callable[..., Worker],
+) -> None:
+    s = make_settings(tmp_path / "data", redis_server.url, api_keys=f"{ADMIN}:admin",
+                      rate_limit_per_min=0, sync_wait_max_s=1.0)
+    live = api_factory(s, redis_client, worker_factory(s, redis_client))
+    before = {route: _served(route) for route in REACHED}
+    crops_before, before_ok = _served(CROP, "200"), _served("/v1/analyses/{job_id}", "200")
+
+    rep, out, seconds = _run_schemathesis(live.url, tmp_path)
+
+    cases = rep["test_cases"]
+    links = re.search(r"API Links:\s+(\d+) covered / (\d+) selected", out)
+    print(f"schemathesis {rep['schemathesis_version']}: {cases['generated']} cases, "
+          f"{cases['with_failures']} with failures, {len(rep['errors'])} errors, "
+          f"links {links.group(1) if links else '?'}/{links.group(2) if links else '?'} "
+          f"covered, {seconds:.0f} s; crops served 200: {_served(CROP, '200') - crops_before:.0f}")
+    assert rep["failures"] == [] and cases["with_failures"] == 0, out[-8000:]
+    assert rep["errors"] == [] and cases["errored"] == 0, out[-8000:]
+    assert rep["exit_code"] == 0 and rep["complete"], out[-4000:]
+    assert rep["operations"]["tested"] == rep["operations"]["total"] == 12
+    assert {p: v["status"] for p, v in rep["phases"].items() if p != "examples"} == {
+        "coverage": "success", "fuzzing": "success", "stateful": "success"}
+    assert cases["generated"] >= 300, cases
+    # The stateful phase followed analyze's links to real analyses: the API served them.
+    assert links is not None and int(links.group(1)) >= 5, out[-4000:]
+    reached = {route: _served(route) - before[route] for route in REACHED}
+    assert all(n > 0 for n in reached.values()), reached
+    assert _served("/v1/analyses/{job_id}", "200") > before_ok
+    assert _served(CROP, "200") > crops_before  # a real face crop, through the links
