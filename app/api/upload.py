@@ -14,7 +14,8 @@ from typing import BinaryIO
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from app.api.errors import ApiError
 from app.media.errors import FileTooLarge
@@ -22,6 +23,7 @@ from app.media.errors import FileTooLarge
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 16
+INCOMPLETE = "upload_incomplete"  # the body stopped before the multipart message ended
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
@@ -133,6 +135,14 @@ async def spool_multipart(
         parser.finalize()
     except MultipartParseError as e:
         raise ApiError(400, "bad_request", f"malformed multipart body: {e}") from None
+    except ClientDisconnect:
+        # The client (or the connection: a body shorter than its Content-Length) went away
+        # mid-upload. Its fault, not a 500; the answer is mostly for the logs and metrics.
+        raise ApiError(400, INCOMPLETE, "the connection closed before the upload was complete"
+                       ) from None
     finally:
         collector.close()
+    if parser.state != MultipartState.END:  # python-multipart's finalize() checks nothing
+        raise ApiError(400, INCOMPLETE, "the multipart body ends before its closing boundary "
+                       "(a truncated upload?); nothing was analysed")
     return collector.out
