@@ -41,6 +41,24 @@ def jpeg_bomb(side: int) -> bytes:
     return bytes(data)
 
 
+def webp_bomb(side: int = 16383) -> bytes:
+    """A real 16x16 lossy WebP whose VP8 frame header claims ``side`` x ``side`` (14-bit max)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 150)).save(buf, format="WEBP", lossless=False)
+    data = bytearray(buf.getvalue())
+    start = data.index(b"\x9d\x01\x2a") + 3  # VP8 key-frame start code, then w, h (LE)
+    data[start : start + 4] = struct.pack("<HH", side & 0x3FFF, side & 0x3FFF)
+    return bytes(data)
+
+
+def bmp_bomb(side: int) -> bytes:
+    """A BMP header (24-bit, uncompressed) claiming ``side`` x ``side`` with 1 kB of pixels."""
+    pixels = b"\x00" * 1024
+    dib = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    head = struct.pack("<2sIHHI", b"BM", 14 + len(dib) + len(pixels), 0, 0, 14 + len(dib))
+    return head + dib + pixels
+
+
 def mux(
     path: Path,
     frames: Sequence[np.ndarray],
@@ -83,3 +101,16 @@ def mux(
             put(stream.encode(frame))
         put(stream.encode())
     return path
+
+
+def avi_with_rate(src: Path, dst: Path, rate: int, scale: int = 1) -> Path:
+    """Copy an AVI with its declared frame rate (strh dwRate/dwScale, avih µs per frame)
+    patched: e.g. 0 fps, which FFmpeg calls broken, or 1e9 fps."""
+    data = bytearray(src.read_bytes())
+    strh = data.index(b"strh") + 8  # fccType, fccHandler, flags, priority+language, initial
+    data[strh + 20 : strh + 28] = struct.pack("<II", scale, rate)
+    avih = data.index(b"avih") + 8
+    per_frame_us = round(1e6 * scale / rate) if rate else 0
+    data[avih : avih + 4] = struct.pack("<I", min(per_frame_us, 0xFFFFFFFF))
+    dst.write_bytes(bytes(data))
+    return dst

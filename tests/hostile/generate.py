@@ -167,6 +167,15 @@ def _face_frames(n: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(np.roll(base, 2 * i, axis=1)) for i in range(n)]
 
 
+def _avi(rate: int, scale: int) -> Callable[[Path], object]:
+    """6 MJPEG face frames in AVI, then the declared rate patched to ``rate / scale`` fps."""
+    def make(p: Path) -> None:
+        src = craft.mux(p.with_name(p.name + ".src"), _face_frames(6), fmt="avi")
+        craft.avi_with_rate(src, p, rate, scale)
+        src.unlink()
+    return make
+
+
 def _rotated(p: Path) -> None:
     sideways = [np.ascontiguousarray(np.rot90(f, k=-1)) for f in _face_frames(8)]
     write_video(p, sideways, fps=8, rotation=90)  # the player turns it 90 degrees CCW
@@ -213,6 +222,11 @@ CASES: list[Case] = [
          _refused(413, "image_too_large"), _png_bomb),
     Case("jpeg_bomb_header", "bomb.jpg", "16x16 JPEG whose SOF0 is patched to 65500x65500",
          _refused(413, "image_too_large"), lambda p: p.write_bytes(craft.jpeg_bomb(65500))),
+    Case("webp_bomb_header", "bomb.webp", "16x16 lossy WebP whose VP8 header claims "
+         "16383x16383", _refused(413, "image_too_large"),
+         lambda p: p.write_bytes(craft.webp_bomb())),
+    Case("bmp_bomb_header", "bomb.bmp", "BMP header claiming 50000x50000 with 1 kB of pixels",
+         _refused(413, "image_too_large"), lambda p: p.write_bytes(craft.bmp_bomb(50_000))),
     Case("png_1x1", "one_pixel.png", "a 1x1 PNG", _done(min_frames=1, verdict="no_face"),
          lambda p: Image.new("RGB", (1, 1), (128, 64, 32)).save(p)),
     Case("video_1x1", "one_pixel.mkv", "1x1 MJPEG video, 5 frames",
@@ -235,6 +249,12 @@ CASES: list[Case] = [
          _ns_gaps),
     Case("ns_burst_1e9fps", "ns_burst.mp4", "10 face frames 1 ns apart (claimed ~1e9 fps)",
          _done(min_frames=1, min_faces=1, max_duration_s=1.0), _ns_burst),
+    Case("avi_zero_fps", "zero_fps.avi", "MJPEG AVI declaring 0 fps (dwRate 0, 0 us/frame); "
+         "FFmpeg falls back to 25 fps", _done(min_frames=4, min_faces=4), _avi(0, 1)),
+    Case("avi_1e9_fps", "giga_fps.avi", "MJPEG AVI declaring 1e9 fps: 6 frames in 6 ns",
+         _done(min_frames=4, min_faces=4, max_duration_s=1.0), _avi(10**9, 1)),
+    Case("avi_1e-9_fps", "nano_fps.avi", "MJPEG AVI declaring one frame per 1e9 s (6 frames "
+         "= 190 years)", _refused(413, "video_too_long"), _avi(1, 10**9)),
     Case("nonmonotonic_pts", "nonmonotonic.mkv", "MJPEG face frames whose pts go back and "
          "forth (0, 300, 100, 400, 200 ... ms)", _done(min_frames=1, min_faces=1),
          lambda p: craft.mux(p, _face_frames(8), craft.NONMONOTONIC_MS)),
