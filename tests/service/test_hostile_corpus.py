@@ -3,7 +3,8 @@ upload against a real API process whose peak RSS is measured.
 
 Each case gets a 4xx problem+json with its specific code, or 202 and a job that ends as the
 manifest says (``done`` with a checked result); never a 5xx or a hang (every wait is
-bounded), and the service still analyses a normal upload afterwards.
+bounded), and the service still analyses a normal upload afterwards. The RSS figures the
+bound below is checked against are printed by ``uv run python benchmarks/hostile_upload_rss.py``.
 """
 
 from __future__ import annotations
