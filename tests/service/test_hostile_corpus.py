@@ -118,6 +118,8 @@ def _check_job(client: httpx.Client, body: dict, expect: dict) -> None:
         assert [media["width"], media["height"]] == expect["size"]
     if "max_duration_s" in expect:
         assert media["duration_s"] <= expect["max_duration_s"]
+    if "warning" in expect:
+        assert any(expect["warning"] in w for w in body["warnings"]), body["warnings"]
     if "min_span_s" in expect:
         assert max(f["timestamp"] for f in frames) >= expect["min_span_s"]
 
