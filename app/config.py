@@ -58,6 +58,9 @@ class Settings(BaseSettings):
 
     # --- input limits ---
     max_upload_mb: float = Field(200.0, gt=0)
+    upload_idle_timeout_s: float = Field(
+        30.0, ge=0, description="an upload sending no bytes this long is dropped (408); 0 = never"
+    )
     max_video_seconds: float = Field(600.0, gt=0)
     max_frames: int = Field(32, ge=1, description="frames sampled evenly per video")
     max_frames_cap: int = Field(256, ge=1, description="upper bound a client may ask for")

@@ -7,7 +7,9 @@ not after the client has sent everything.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -118,6 +120,29 @@ class _Collector:
             self._file = None
 
 
+def _idle_timeout(request: Request) -> float:
+    # From the app's settings rather than a parameter: every caller gets the same guard.
+    settings = getattr(request.app.state, "settings", None)
+    return float(getattr(settings, "upload_idle_timeout_s", 0.0) or 0.0)
+
+
+async def _body(request: Request, idle_s: float) -> AsyncIterator[bytes]:
+    """The body as it arrives. A client that stops sending for ``idle_s`` is cut off: a
+    stalled upload would otherwise hold its connection and spool file forever (uvicorn
+    has no timeout on a request body)."""
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_s or None)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(408, "upload_timeout",
+                           f"no upload bytes arrived for {idle_s:g} s; the upload was dropped",
+                           headers={"Connection": "close"}) from None
+        yield chunk
+
+
 async def spool_multipart(
     request: Request, dest_dir: Path, cap: int, cap_text: str
 ) -> SpooledUpload:
@@ -130,7 +155,7 @@ async def spool_multipart(
     collector = _Collector(dest_dir, cap, cap_text)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     try:
-        async for chunk in request.stream():
+        async for chunk in _body(request, _idle_timeout(request)):
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as e:

@@ -277,3 +277,23 @@ def measure(api: ApiProcess, port: int, cap: int) -> list[Measured]:
             outcome = v.send(api.url, port)
         rows.append(Measured(v, outcome, before, max(sampler.peak, before)))
     return rows
+
+
+def stalled_upload(port: int, declared: int = 10 * MiB, send: int = 1000,
+                   timeout: float = 30.0) -> tuple[UploadOutcome, bool]:
+    """Promise ``declared`` bytes, send the first ``send`` of them, then nothing.
+
+    Returns the answer and whether the server closed the connection after it."""
+    head = (b"POST /v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n"
+            b"Content-Type: multipart/form-data; boundary=%s\r\n\r\n" % (declared,
+                                                                       BOUNDARY.encode()))
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + (_HEAD + b"\0" * send)[:send])
+        answer = _read_rest(sock, timeout, b"")
+        seconds = time.perf_counter() - t0
+        try:
+            closed = sock.recv(1) == b""
+        except (ConnectionResetError, TimeoutError):
+            closed = False
+    return _parse(answer, send, seconds), closed

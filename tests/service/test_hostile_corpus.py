@@ -29,12 +29,14 @@ from tests.hostile.upload import (
     body_length,
     measure,
     spawn_api,
+    stalled_upload,
     stream_upload,
 )
 from tests.service.live import IMAGE, LiveApi, free_port, make_settings, start_api, submit, wait_for
 
 PROBLEM = "application/problem+json"
 JOB_WAIT_S = 60.0  # a job still running after this is a hang
+IDLE_S = 1.0  # DFSHIELD_UPLOAD_IDLE_TIMEOUT_S of the corpus service (default 30)
 UPLOAD_CAP_MB = 200  # DFSHIELD_MAX_UPLOAD_MB's default: the 2 GiB body meets the real cap
 # Peak RSS of the API process during the 2 GiB uploads may exceed its RSS before them by at
 # most this. Measured growth: < 1 MiB (136 MiB before and at peak, 2 cores, 2026-12-02); an
@@ -76,7 +78,8 @@ def hostile(
 ) -> Iterator[LiveApi]:
     """One API + worker for the whole corpus (like ``dfshield serve``), on a fresh Redis."""
     s = make_settings(tmp_path_factory.mktemp("hostile") / "data", redis_server.url,
-                      rate_limit_per_min=0, job_timeout_s=JOB_WAIT_S)
+                      rate_limit_per_min=0, job_timeout_s=JOB_WAIT_S,
+                      upload_idle_timeout_s=IDLE_S)
     r = client_from_url(redis_server.url)
     r.flushall()
     worker = Worker(s, r, analyzer=analyzer).start()
@@ -146,6 +149,15 @@ def test_multipart_body_without_its_closing_boundary_is_refused(hostile: LiveApi
     resp = hostile.client.post("/v1/analyze", content=body,
                                headers={"content-type": "multipart/form-data; boundary=cut"})
     _problem(resp, 400, "upload_incomplete")
+
+
+def test_stalled_upload_is_dropped_after_the_idle_timeout(hostile: LiveApi) -> None:
+    """Content-Length promises 10 MiB, 1000 bytes come, then silence: without a body
+    timeout the request (and its spool file) would wait forever."""
+    outcome, closed = stalled_upload(hostile.port, timeout=10 * IDLE_S)
+    assert (outcome.status, (outcome.body or {}).get("code")) == (408, "upload_timeout"), outcome
+    assert IDLE_S <= outcome.seconds < 5 * IDLE_S, outcome.seconds
+    assert closed  # Connection: close, not kept waiting for the rest
 
 
 def test_service_still_serves_after_the_corpus(hostile: LiveApi, errors: _Errors) -> None:
