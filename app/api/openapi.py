@@ -16,6 +16,7 @@ each operation gets every status it can answer, by what it depends on, each with
 - every operation: 500 ``internal_error``;
 - with an API key (``security``): 401 ``unauthorized``, 403 ``forbidden``, 429 ``rate_limited``;
 - with parameters or a body: 422 ``validation_error``;
+- with a multipart upload (streamed to disk): 408 ``upload_timeout``, 413 ``file_too_large``;
 - under ``/v1`` (Redis-backed): 503 ``unavailable``; with an ``{job_id}``: 404 ``not_found``;
 - what a route declares itself (``POST /v1/analyze``: 400, 413, 415, 503 ``queue_full``, 507),
   keeping the route's own description (its codes) when it gives one.
@@ -47,6 +48,8 @@ _CODES = {
     401: "`unauthorized`: missing or unknown API key",
     403: "`forbidden`: the key lacks the role",
     404: "`not_found`: no such analysis for this key (another key's analysis is absent too)",
+    408: "`upload_timeout`: the client stopped sending its body",
+    413: "`file_too_large`",
     422: "`validation_error`",
     429: "`rate_limited` (with `Retry-After`)",
     500: "`internal_error`: quote the request id",
@@ -71,6 +74,8 @@ def _statuses(path: str, op: dict[str, Any]) -> set[int]:
         out |= {401, 403, 429}
     if op.get("parameters") or op.get("requestBody"):
         out.add(422)
+    if "multipart/form-data" in op.get("requestBody", {}).get("content", {}):
+        out |= {408, 413}  # streamed to disk (app.api.upload): stalled or too large
     if path.startswith("/v1/"):
         out.add(503)
     if "{job_id}" in path:
