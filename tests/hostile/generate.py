@@ -303,7 +303,8 @@ def corpus_version() -> str:
     return h.hexdigest()[:16]
 
 
-def _entry(case: Case, out: Path) -> dict[str, object]:
+def manifest_entry(case: Case, out: Path) -> dict[str, object]:
+    """Write ``case`` into ``out`` (unless its encoder is missing) and describe it."""
     entry: dict[str, object] = {
         "name": case.name, "file": case.filename, "what": case.what,
         "expect": {k: v for k, v in asdict(case.expect).items() if v not in (None, 0)},
@@ -329,7 +330,7 @@ def generate(out: Path = DEFAULT_OUT, force: bool = False) -> list[dict[str, obj
         ):
             return old["cases"]
     out.mkdir(parents=True, exist_ok=True)
-    cases = [_entry(c, out) for c in CASES]
+    cases = [manifest_entry(c, out) for c in CASES]
     text = json.dumps({"version": version, "cases": cases}, indent=2) + "\n"
     manifest_path.write_text(text)
     return json.loads(text)["cases"]  # JSON types (lists, not tuples), as a reused one has

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ import pytest
 from app.pipeline.analyze import Analyzer
 from app.redis_conn import EmbeddedRedis, client_from_url
 from app.worker.main import Worker
-from tests.hostile.generate import CASES, DEFAULT_OUT, generate
+from tests.hostile.generate import CASES, DEFAULT_OUT, generate, manifest_entry
 from tests.hostile.upload import (
     ApiProcess,
     GiB,
@@ -125,6 +126,15 @@ def _check_job(client: httpx.Client, body: dict, expect: dict) -> None:
         assert any(expect["warning"] in w for w in body["warnings"]), body["warnings"]
     if "min_span_s" in expect:
         assert max(f["timestamp"] for f in frames) >= expect["min_span_s"]
+
+
+def test_a_case_without_its_encoder_is_kept_and_said(tmp_path: Path) -> None:
+    """An encoder missing from PyAV's wheel marks its case unavailable in the manifest
+    (the corpus test then skips it with that reason) instead of dropping it."""
+    case = replace(CASES[-1], name="needs_x", encoders=("no-such-encoder",))
+    entry = manifest_entry(case, tmp_path)
+    assert entry["unavailable"] == "PyAV's wheel has no no-such-encoder encoder"
+    assert not (tmp_path / case.filename).exists()
 
 
 @pytest.mark.parametrize("name", [c.name for c in CASES])
