@@ -297,3 +297,15 @@ def stalled_upload(port: int, declared: int = 10 * MiB, send: int = 1000,
         except (ConnectionResetError, TimeoutError):
             closed = False
     return _parse(answer, send, seconds), closed
+
+
+def abandoned_upload(port: int, send: int = 4 * MiB) -> None:
+    """Start a chunked upload, send ``send`` bytes of it, then hang up without a word."""
+    head = (b"POST /v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=%s\r\n\r\n" % BOUNDARY.encode())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        for piece in multipart_body(send, [0]):
+            if piece.startswith(b"\r\n--"):
+                break  # the closing boundary never comes
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
