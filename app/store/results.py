@@ -143,7 +143,9 @@ class ResultStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         h = self.r.hgetall(_key(job_id))
-        return JobRecord.from_hash(h) if h else None
+        # A worker write racing a DELETE (progress, attempts) can leave stray fields behind
+        # the purge; without its `id` the hash is no job (was: a 500 on the next GET).
+        return JobRecord.from_hash(h) if h and b"id" in h else None
 
     def exists(self, job_id: str) -> bool:
         return bool(self.r.exists(_key(job_id)))
