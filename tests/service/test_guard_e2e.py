@@ -56,8 +56,11 @@ def keyed(
     made: list[httpx.Client] = []
 
     def start(**over: object) -> dict[str, httpx.Client]:
+        # A fixed salt: a generated one changes the fingerprints, hence the query at which a
+        # campaign is caught, from run to run (dfshield bench guard measures over salts).
         s = make_settings(tmp_path / "data", redis_server.url, api_keys=SPEC,
-                          rate_limit_per_min=0, worker_concurrency=1, **over)
+                          rate_limit_per_min=0, worker_concurrency=1,
+                          guard_salt="guard-e2e-fixed-salt", **over)
         live = api_factory(s, redis_client, worker_factory(s, redis_client))
         out = {k: httpx.Client(base_url=live.url, timeout=60,
                                headers={"Authorization": f"Bearer {k}"})
@@ -204,6 +207,7 @@ def test_small_square_campaign_over_http_is_flagged(
         run_campaign("square", faces["biden"], campaign, kappa=1e6)
     finally:
         campaign.close()
-    assert campaign.detected_at is not None and campaign.detected_at <= 12
+    # The bound for the worst campaign is query 25; the bench's worst was 8.
+    assert campaign.detected_at is not None and campaign.detected_at <= 25
     state = c[MOD].get(f"/v1/guard/keys/{ID[SUSP]}").json()
     assert state["suspected"] and state["near_duplicates"] >= 6
