@@ -46,7 +46,8 @@ class Accepted:
 
 def parse_form(fields: dict[str, str], settings: Settings) -> AnalyzeForm:
     try:
-        form = AnalyzeForm.model_validate({k: v for k, v in fields.items() if v != ""})
+        # An empty field is a value, not an absent one: "" is no URI, integer or method.
+        form = AnalyzeForm.model_validate(fields)
     except ValidationError as e:
         msg = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ApiError(422, "validation_error", msg) from None
@@ -98,7 +99,10 @@ def _refuse_early(request: Request, settings: Settings) -> tuple[int, str]:
     cap_text = f"{settings.max_upload_mb:g} MB"
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > cap + MULTIPART_SLACK:  # refuse before reading
-        raise FileTooLarge(f"upload of {int(length)} bytes is larger than the {cap_text} limit")
+        # Connection: close, or uvicorn reads (and drops) the whole body before the next request.
+        raise ApiError(413, FileTooLarge.code,
+                       f"upload of {int(length)} bytes is larger than the {cap_text} limit",
+                       headers={"Connection": "close"})
     return cap, cap_text
 
 

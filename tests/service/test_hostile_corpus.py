@@ -242,10 +242,6 @@ def test_2gib_upload_keeps_api_rss_bounded(upload_rows: list[Measured]) -> None:
             f"{row.variant.name}: RSS {row.rss_before / MiB:.0f} -> {row.rss_peak / MiB:.0f} MiB"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the 413 sent from the Content-Length header alone (app/api/routes/analyze.py, before "
-    "reading) lacks 'Connection: close', so uvicorn keeps the connection and reads and "
-    "discards the whole body: a client that keeps sending pushes all 2 GiB through"))
 def test_refusal_from_content_length_stops_the_body(
     upload_api: tuple[ApiProcess, int, Path], upload_rows: list[Measured]
 ) -> None:
