@@ -12,7 +12,8 @@ from typing import Literal
 from torch import nn
 
 # "backbone": a pretrained trunk that g and d start from; never served as g or d itself.
-Role = Literal["detector", "adversarial", "backbone"]
+# "generator": a face-manipulation model that `dfshield protect` defends against (app.protect).
+Role = Literal["detector", "adversarial", "backbone", "generator"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -56,6 +57,7 @@ def register_model(
 def _ensure_loaded() -> None:
     # Importing the architecture modules runs their @register_model decorators.
     from app.models import adversarial, detectors, face_resnet  # noqa: F401
+    from app.protect import generators  # noqa: F401
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -68,16 +70,20 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def list_models(role: Role | None = None) -> list[str]:
+    """Registered names of ``role``; with no role, every network that scores or embeds a crop.
+    Generators (image in, image out) are listed only when asked for by role."""
     _ensure_loaded()
-    return sorted(n for n, s in _REGISTRY.items() if role is None or s.role == role)
+    return sorted(n for n, s in _REGISTRY.items()
+                  if s.role == role or (role is None and s.role != "generator"))
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
     """Build a wrapped model (resize + normalise inside), random init, eval mode, on CPU."""
     from app.models.wrappers import AdversarialDetector, Detector, Embedder
+    from app.protect.generators import FaceGenerator
 
     spec = get_spec(name)
     net = spec.build(**kwargs)
     wrapper_cls = {"detector": Detector, "adversarial": AdversarialDetector,
-                   "backbone": Embedder}[spec.role]
+                   "backbone": Embedder, "generator": FaceGenerator}[spec.role]
     return wrapper_cls(spec, net).eval()
