@@ -15,6 +15,7 @@ from app.cli_redteam import register as register_redteam_command
 from app.cli_service import register as register_service_commands
 from app.cli_train import train_app
 from app.config import DeviceName, XaiMethod, get_settings
+from app.protect.cli import register as register_protect_commands
 
 app = typer.Typer(help="dfshield: deepfake and adversarial-attack detection.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect the served model store.", no_args_is_help=True)
@@ -22,6 +23,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 register_service_commands(app)
 register_redteam_command(app)
+register_protect_commands(app, train_app)
 console = Console()
 err_console = Console(stderr=True)
 

@@ -20,7 +20,7 @@ from app.api.errors import install_error_handlers, internal_error
 from app.api.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from app.api.openapi import install_problem_responses, operation_id
 from app.api.ratelimit import RateLimiter
-from app.api.routes import analyses, analyze, guard, health, ui
+from app.api.routes import analyses, analyze, guard, health, protect, ui
 from app.config import Settings, get_settings
 from app.guard.memory import GuardMemory
 from app.logs import request_id_var
@@ -143,6 +143,7 @@ def create_app(
     app.include_router(analyses.router)
     app.include_router(guard.router)
     app.include_router(health.router)
+    app.include_router(protect.router)
     ui.install(app)
     install_problem_responses(app)
     return app
