@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import StringConstraints
 
 from app.api.auth import Principal
 from app.api.deps import (
@@ -30,6 +31,9 @@ router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 _404 = {code: {"model": Problem, "content": {"application/problem+json": {}}}
         for code in (401, 403, 404, 429)}
 MAX_LIMIT = 500
+_V = "(" + "|".join(v.value for v in Verdict) + ")"
+# In the schema, so clients and fuzzers know the accepted values: `fake` or `fake,attacked`.
+VerdictList = Annotated[str, StringConstraints(pattern=f"^ *{_V}( *, *{_V})* *$")]
 
 
 def reviewed(job: JobRecord, viewer: Principal, guard: GuardMemory) -> dict[str, object] | None:
@@ -86,8 +90,9 @@ def list_frames(
     job: JobDep,
     store: StoreDep,
     exposure: ExposureDep,
-    verdict: Annotated[list[str] | None, Query(description="real, fake, attacked, no_face, "
-                                               "uncertain; repeat or comma-separate")] = None,
+    verdict: Annotated[list[VerdictList] | None,
+                       Query(description="real, fake, attacked, no_face, uncertain; repeat "
+                                         "or comma-separate")] = None,
     person: Annotated[int | None, Query(ge=0, description="only frames where this person "
                                         "(persons[].id) appears; `verdict` then filters "
                                         "that person's face verdict")] = None,
