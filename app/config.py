@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+XaiFused = Literal["auto", "on", "off"]
 XaiMethod = Literal["saliency", "guided_backprop", "input_x_gradient", "integrated_gradients"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 GuardAction = Literal["flag", "verdict_only", "throttle", "reject"]
@@ -37,6 +38,10 @@ class Settings(BaseSettings):
     # Moderators need to see why g called a face fake; costs one extra XAI pass per such face.
     explain_fake: bool = Field(
         True, description="heatmap of g's fake logit for faces g called fake (no d on it)"
+    )
+    xai_fused: XaiFused = Field(
+        "auto", description="Saliency/Input×Gradient from g's own forward (app.pipeline.fused): "
+        "auto = when most faces need a map, on, off"
     )
     # None = use the thresholds the manifest chose on validation data (0.5 if it has none).
     tau_fake: float | None = Field(None, ge=0.0, le=1.0)

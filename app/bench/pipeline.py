@@ -25,7 +25,9 @@ from rich.table import Table
 from app.config import get_settings
 from app.pipeline.analyze import Analyzer, crops_to_tensor
 from app.pipeline.explain import XAI_METHODS
+from app.pipeline.fused import FUSED_METHODS
 from app.runtime import Backend
+from app.schemas import Thresholds
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -115,6 +117,24 @@ def _stages(analyzer: Analyzer, x: torch.Tensor,
     stages: list[tuple[str, Callable[[], object]]] = [("g", g)]
     stages += [(f"g + {m}", g_xai(m)) for m in methods]
     stages += [(f"g + {m} + d", g_xai_d(m)) for m in methods]
+    return stages + _analyzer_stages(analyzer, x, methods)
+
+
+def _analyzer_stages(analyzer: Analyzer, x: torch.Tensor,
+                     methods: Sequence[str]) -> list[tuple[str, Callable[[], object]]]:
+    """Analyzer.score_crops with every face called real (each needs its map and d), on the
+    separate path (g, then captum) and the fused one (app.pipeline.fused)."""
+    if analyzer.backend != "torch" or analyzer.amp:
+        return []  # the fused path runs only there
+    crops = list((x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())
+    th = Thresholds.model_construct(tau_fake=2.0, tau_attacked=analyzer.thresholds.tau_attacked)
+    stages: list[tuple[str, Callable[[], object]]] = []
+    for m in (m for m in methods if m in FUSED_METHODS):
+        for mode in ("off", "on"):
+            a = Analyzer(analyzer.bundle, analyzer.device, th, m, amp=False, xai_fused=mode)
+            label = "separate" if mode == "off" else "fused"
+            stages.append((f"score_crops {m} + d, {label}",
+                           lambda a=a, m=m: a.score_crops(crops, [m] * len(crops))))
     return stages
 
 

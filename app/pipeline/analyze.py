@@ -17,12 +17,19 @@ from typing import Literal
 import numpy as np
 import torch
 
-from app.config import Settings
+from app.config import Settings, XaiFused
 from app.device import configure_threads, resolve_device
 from app.media import SampledFrame
 from app.models.store import ModelBundle, load_bundle
-from app.pipeline.explain import Explainer, map_to_image
+from app.pipeline.explain import Explainer, attribution_to_map, map_to_image
 from app.pipeline.faces import DetectedFace
+from app.pipeline.fused import (
+    FUSED_BREAK_EVEN,
+    FUSED_METHODS,
+    TargetRule,
+    fused_pass,
+    fused_pays,
+)
 from app.pipeline.quality import QualityRule
 from app.pipeline.tracks import summarize_persons
 from app.pipeline.verdicts import face_verdict, frame_verdict, rules, summarize
@@ -95,6 +102,7 @@ class Analyzer:
         models_dir: Path | None = None,
         threads: int = 0,
         explain_fake: bool = False,
+        xai_fused: XaiFused = "auto",
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -105,6 +113,8 @@ class Analyzer:
         self.thresholds = thresholds
         self.xai_method = xai_method
         self.explain_fake = explain_fake  # also map the fake logit of fake-called faces (UI)
+        self.xai_fused = xai_fused
+        self._real_share = 1.0  # smoothed share of faces g called real (fused-path choice)
         # Autocast only on CUDA: CPU bf16 autocast is slower and less accurate here.
         self.amp = amp and device.type == "cuda" and backend == "torch"
         self.models: list[ModelInfo] = bundle.model_infos()
@@ -133,7 +143,8 @@ class Analyzer:
         bundle = load_bundle(settings.models_dir, dev)
         return cls(bundle, dev, resolve_thresholds(bundle, settings), settings.xai_method,
                    settings.amp, backend=settings.backend, models_dir=settings.models_dir,
-                   threads=settings.torch_threads, explain_fake=settings.explain_fake)
+                   threads=settings.torch_threads, explain_fake=settings.explain_fake,
+                   xai_fused=settings.xai_fused)
 
     @property
     def device_label(self) -> str:
@@ -172,10 +183,13 @@ class Analyzer:
         if len(methods) != len(crops):
             raise ValueError(f"{len(crops)} crops but {len(methods)} XAI methods")
         x = crops_to_tensor(crops, self.device)
+        if self._use_fused(methods):
+            return self._score_fused(x, methods[0], timings)
         t0 = time.perf_counter()
         with self._autocast():
             p_fake = self.g.p_fake(x).float().cpu().numpy()
         _add_time(timings, "detector", t0)
+        self._note_real_share(p_fake)
         p_att: dict[int, float] = {}
         maps: dict[int, np.ndarray] = {}
         for method, idx in self._groups(p_fake, methods, real=True).items():
@@ -186,6 +200,42 @@ class Analyzer:
                 self._explain_fake(x, idx, method, fake_maps, timings)
         return [self._face_score(float(p_fake[i]), p_att.get(i), maps.get(i), fake_maps.get(i))
                 for i in range(len(crops))]
+
+    def _use_fused(self, methods: list[str]) -> bool:
+        """One forward for g and its maps (app.pipeline.fused) when it is the cheaper path."""
+        if self.xai_fused == "off" or self.backend != "torch" or self.amp:
+            return False  # ORT scores g itself; under AMP g scores in fp16, maps in fp32
+        if len(set(methods)) != 1 or methods[0] not in FUSED_METHODS:
+            return False
+        share = 1.0 if self.explain_fake else self._real_share  # faces that will need a map
+        return self.xai_fused == "on" or fused_pays(share, FUSED_BREAK_EVEN)
+
+    def _note_real_share(self, p_fake: np.ndarray) -> None:
+        real = float(np.mean(p_fake < self.thresholds.tau_fake)) if len(p_fake) else 1.0
+        self._real_share = 0.9 * self._real_share + 0.1 * real  # recent traffic, smoothed
+
+    def _score_fused(self, x: torch.Tensor, method: str,
+                     timings: dict[str, float] | None) -> list[FaceScore]:
+        t0 = time.perf_counter()
+        rule = TargetRule(self.thresholds.tau_fake, self.explain_fake)
+        out = fused_pass(self.detector, x, method, rule)
+        _add_time(timings, "detector_xai_fused", t0)
+        p_fake = out.p_fake.cpu().numpy()
+        self._note_real_share(p_fake)
+        maps = attribution_to_map(out.attributions)
+        real = [i for i, p in enumerate(p_fake) if p < self.thresholds.tau_fake]
+        p_att: dict[int, float] = {}
+        if real:
+            t0 = time.perf_counter()
+            with self._autocast():
+                probs = self.d.p_attacked(x[real], maps[real]).float().cpu().numpy()
+            _add_time(timings, "adversarial", t0)
+            p_att = {i: float(p) for i, p in zip(real, probs, strict=True)}
+        images = {i: map_to_image(maps[i]) for i in range(len(p_fake))
+                  if i in p_att or self.explain_fake}
+        return [self._face_score(float(p), p_att.get(i), images.get(i) if i in p_att else None,
+                                 None if i in p_att else images.get(i))
+                for i, p in enumerate(p_fake)]
 
     def _face_score(self, p_fake: float, p_att: float | None, real_map: np.ndarray | None,
                     fake_map: np.ndarray | None) -> FaceScore:

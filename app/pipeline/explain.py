@@ -89,7 +89,7 @@ class Explainer:
         x_n.requires_grad_(True)
         guided = self.method == "guided_backprop"
         with (
-            _frozen_eval(det),
+            frozen_eval(det),
             _relu_out_of_place(det.net, guided),
             torch.enable_grad(),
             torch.autocast(device.type, enabled=False),  # gradients in fp32, even inside AMP
@@ -122,7 +122,7 @@ class Explainer:
 
 
 @contextmanager
-def _frozen_eval(module: nn.Module) -> Iterator[None]:
+def frozen_eval(module: nn.Module) -> Iterator[None]:
     """Eval mode and no parameter gradients for the pass; previous state restored afterwards."""
     modes = [(m, m.training) for m in module.modules()]
     flags = [(p, p.requires_grad) for p in module.parameters()]

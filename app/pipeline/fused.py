@@ -1,0 +1,88 @@
+"""g's scores and its gradient maps from one forward pass (Saliency and Input×Gradient).
+
+The separate path scores the batch with g (no graph), then runs captum on the faces that need a
+map: a second forward plus a backward. Both maps supported here are functions of the input
+gradient of one logit per face, so one forward *with* input gradients, then one backward of
+``sum_i logit_i[target_i]``, gives every face its own map at once: rows do not interact (g runs
+in eval mode), so face i's gradient is exactly ∂logit_i[target_i]/∂x_i, what captum computes.
+Faces without a target get a zero gradient, which costs the same backward: the fused path pays
+off when most faces need a map (the Analyzer decides, see ``fused_pays``).
+
+Attributions are taken w.r.t. ``detector.prep(crops)``, in fp32, as :class:`Explainer` does.
+Guided Backprop and Integrated Gradients need other passes and keep captum.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+
+from app.models.wrappers import Detector
+from app.pipeline.explain import frozen_eval
+
+FUSED_METHODS: tuple[str, ...] = ("saliency", "input_x_gradient")
+NO_TARGET = -1
+# Share of faces needing a map above which one fused pass beats g + captum on the share
+# (measured with `dfshield bench pipeline`, bundled pair, this CPU; README "Performance").
+FUSED_BREAK_EVEN = 0.6
+
+
+@dataclass(frozen=True)
+class FusedPass:
+    """One batch through g with its input-gradient attributions."""
+
+    p_fake: torch.Tensor  # [B]
+    attributions: torch.Tensor  # [B,3,S,S]; zero where the face had no target
+
+
+def fused_pass(detector: Detector, crops: torch.Tensor, method: str,
+               targets_of: TargetRule) -> FusedPass:
+    """Forward ``crops`` once with input gradients; ``targets_of(p_fake)`` picks each face's
+    logit to explain (``NO_TARGET`` for none); one backward gives every map."""
+    if method not in FUSED_METHODS:
+        raise ValueError(f"{method!r} cannot be fused; fused methods: {', '.join(FUSED_METHODS)}")
+    device = next(detector.parameters()).device
+    with torch.no_grad():
+        x_n = detector.prep(crops.to(device, torch.float32)).detach().clone()
+    x_n.requires_grad_(True)
+    with ExitStack() as stack:
+        stack.enter_context(frozen_eval(detector))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(torch.autocast(device.type, enabled=False))
+        logits = detector.net(x_n)
+        p_fake = logits.detach().float().softmax(dim=1)[:, Detector.FAKE]
+        targets = targets_of(p_fake).to(device)
+        grad = _input_grad(x_n, logits, targets)
+    attr = grad.abs() if method == "saliency" else x_n.detach() * grad
+    return FusedPass(p_fake, attr.detach().float())
+
+
+def _input_grad(x_n: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    chosen = targets != NO_TARGET
+    if not bool(chosen.any()):
+        return torch.zeros_like(x_n)
+    picked = logits[chosen].gather(1, targets[chosen].unsqueeze(1)).sum()
+    (grad,) = torch.autograd.grad(picked, x_n)
+    return grad
+
+
+class TargetRule:
+    """Which logit to explain per face, from g's p_fake: real for faces called real (d's map),
+    fake for faces called fake when ``explain_fake``, else none."""
+
+    def __init__(self, tau_fake: float, explain_fake: bool) -> None:
+        self.tau_fake, self.explain_fake = tau_fake, explain_fake
+
+    def __call__(self, p_fake: torch.Tensor) -> torch.Tensor:
+        real = p_fake < self.tau_fake
+        fake = torch.full_like(real, Detector.FAKE if self.explain_fake else NO_TARGET,
+                               dtype=torch.long)
+        return torch.where(real, torch.full_like(fake, Detector.REAL), fake)
+
+
+def fused_pays(share_needing_map: float, break_even: float) -> bool:
+    """The fused path is cheaper once this share of faces needs a map (``break_even`` from
+    ``dfshield bench pipeline``)."""
+    return share_needing_map >= break_even
