@@ -196,7 +196,7 @@ def test_upload_form_needs_the_session_csrf_token(
     assert redis_client.zcard("dfshield:index") == 0  # nothing was accepted
 
     ok = c.post("/ui/upload", data={"csrf": token, "xai_method": "saliency",
-                                    "max_frames": "2"}, files=files)
+                                    "max_frames": ""}, files=files)  # cleared: the default
     assert ok.status_code == 303 and ok.headers["location"].startswith("/ui/analyses/")
     job_id = ok.headers["location"].rsplit("/", 1)[1]
     with httpx.Client(base_url=live.url, headers={"X-API-Key": BOTH}) as api:

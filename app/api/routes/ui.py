@@ -263,17 +263,20 @@ def index(
     return response
 
 
-def _check_csrf(request: Request) -> FieldCheck | None:
-    """Header-key uploads need no token; cookie sessions must echo theirs."""
-    if presented_key(request) and not get_keyring(request).open:
-        return None
+def _check_csrf(request: Request) -> FieldCheck:
+    """Cookie sessions must echo their CSRF token (header-key uploads need none); empty
+    inputs are dropped."""
     session = ui_session(request)
+    # Header auth needs no token (browsers never add that header cross-site).
+    header_auth = bool(presented_key(request)) and not get_keyring(request).open
 
     def check(fields: dict[str, str]) -> None:
         token = fields.pop("csrf", None)
-        if session is None or not session.csrf_ok(token):
+        if not header_auth and (session is None or not session.csrf_ok(token)):
             raise UiError(403, "Forbidden", "the form's security token is missing or stale: "
                           "reload the page and upload again")
+        for name in [k for k, v in fields.items() if v == ""]:
+            del fields[name]  # a cleared form input means "the default" here, unlike the API
 
     return check
 
