@@ -365,3 +365,89 @@ def test_healthcheck_worker_heartbeat(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "redis unreachable" in check.check_worker()
     monkeypatch.delenv("DFSHIELD_REDIS_URL")
     assert "DFSHIELD_REDIS_URL is not set" in check.check_worker()
+
+
+# ---------------------------------------------------------------- local builds (build-check.sh)
+BUILD_CHECK = ROOT / "docker" / "build-check.sh"
+REDIS_DOCKERFILE = ROOT / "docker" / "redis.Dockerfile"
+
+
+def _args(path: Path = DOCKERFILE) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)", path.read_text(), flags=re.M))
+
+
+def test_dockerfile_bases_are_build_args_with_official_defaults() -> None:
+    args = _args()
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", args["PYTHON_IMAGE"])
+    assert args["PYTHON"] == "/usr/local/bin/python3.11"  # the official image's interpreter
+    assert args["UV_SOURCE"] == "image"  # users get uv from its official, pinned image
+    ins = _instructions()
+    stages = {a.split()[-1] for k, a in ins if k == "FROM" and " AS " in a}
+    assert {"uv-image", "uv-pip", "builder", "runtime"} <= stages
+    for kind, a in ins:
+        if kind == "FROM":  # every stage from the one base, or from a stage of this file
+            image = a.split()[0]
+            assert image == "${PYTHON_IMAGE}" or image.replace("${UV_SOURCE}", "image") in stages, a
+    assert "FROM uv-${UV_SOURCE} AS builder" in [f"{k} {a}" for k, a in ins]
+    # The pip route installs the same uv version as the image's tag.
+    (uv_copy,) = [a for k, a in ins if k == "COPY" and "ghcr.io/astral-sh/uv:" in a]
+    assert re.search(r"uv:(\S+) ", uv_copy).group(1) == args["UV_VERSION"]  # type: ignore[union-attr]
+    assert any(k == "ENV" and "UV_PYTHON=${PYTHON}" in a for k, a in ins)
+
+
+def test_dockerfile_build_time_ca_is_never_stored() -> None:
+    ins = _instructions()
+    assert not any(k == "ENV" and re.search(r"SSL_CERT_FILE|PIP_CERT|host-ca", a) for k, a in ins)
+    assert not any(k in ("COPY", "ADD") and "host-ca" in a for k, a in ins)
+    # buildah wants absolute bind-mount targets (BuildKit takes both).
+    for _, a in ins:
+        for target in re.findall(r"type=bind,[^\s]*target=([^,\s]+)", a):
+            assert target.startswith("/"), target
+
+
+def test_redis_dockerfile() -> None:
+    ins = _instructions(REDIS_DOCKERFILE)
+    assert re.fullmatch(r"debian:\w+(-slim)?", _args(REDIS_DOCKERFILE)["BASE_IMAGE"])
+    assert any(k == "RUN" and "redis-server" in a for k, a in ins)
+    user = [a for k, a in ins if k == "USER"][-1]
+    assert re.fullmatch(r"\d+:\d+", user) and not user.startswith("0:")
+    entry = ROOT / "docker" / "redis-entrypoint.sh"
+    assert os.access(entry, os.X_OK)
+    assert "redis-entrypoint.sh" in json.loads([a for k, a in ins if k == "ENTRYPOINT"][-1])[0]
+    venv_bin = str(Path(sys.executable).parent)
+    exe = shutil.which("hadolint") or shutil.which("hadolint", path=venv_bin)
+    if exe is None:
+        assert _hadolint_subset(REDIS_DOCKERFILE) == []
+    else:
+        out = subprocess.run([exe, "--no-color", str(REDIS_DOCKERFILE)], capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_build_check_script_lints_and_parses() -> None:
+    venv_bin = str(Path(sys.executable).parent)
+    exe = shutil.which("shellcheck") or shutil.which("shellcheck", path=venv_bin)
+    scripts = [BUILD_CHECK, ROOT / "docker" / "redis-entrypoint.sh"]
+    if exe is not None:
+        out = subprocess.run([exe, *map(str, scripts)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    for script in scripts:
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert os.access(BUILD_CHECK, os.X_OK)
+    help_ = subprocess.run(["bash", str(BUILD_CHECK), "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "--dry-run" in help_.stdout and "--compose" in help_.stdout
+    bad = subprocess.run(["bash", str(BUILD_CHECK), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option" in bad.stderr
+
+
+def test_build_check_hardening_matches_compose(compose: dict[str, Any]) -> None:
+    """The hardening the script proves on its containers is the one compose asks for."""
+    text = BUILD_CHECK.read_text()
+    harden = re.search(r"HARDEN=\((.*?)\)", text, flags=re.S).group(1)  # type: ignore[union-attr]
+    app = compose["services"]["api"]
+    assert app["read_only"] is True and "--read-only" in harden
+    assert app["cap_drop"] == ["ALL"] and "--cap-drop ALL" in harden
+    assert "no-new-privileges:true" in app["security_opt"] and "no-new-privileges" in harden
+    assert app["tmpfs"] == ["/tmp"] and "--tmpfs" in harden and "/tmp:" in harden
+    for proof in ("uid=10001", "Read-only file system", "CapEff", "NoNewPrivs"):
+        assert proof in text, proof
