@@ -169,6 +169,8 @@ def evaluate_cmd(
     steps: Annotated[int, typer.Option(min=1)] = 100,
     max_photos: Annotated[int, typer.Option(min=1)] = 20,
     models_dir: Annotated[Path | None, typer.Option(help="model store folder")] = None,
+    save_dir: Annotated[Path | None, typer.Option(
+        help="keep the protected PNGs here (input of `protect persistence`)")] = None,
 ) -> None:
     """Figures of the issue on held-out photos → report.md (against the targets) + CSV."""
     from app.protect.eval_cli import run_evaluation
@@ -176,7 +178,45 @@ def evaluate_cmd(
     try:
         text = run_evaluation(media, out_dir, tuple(eps or (0.025, 0.05)),
                               tuple(mode or ("interrupt", "tsdf")), steps, max_photos,
-                              models_dir or get_settings().models_dir, _bar)
+                              models_dir or get_settings().models_dir, _bar, save_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail("bad_input", str(exc), EXIT_BAD_INPUT) from None
+    console.print(text, markup=False, highlight=False)
+
+
+@protect_app.command("merge")
+def merge_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="out dirs of earlier evaluate runs")],
+    out_dir: Annotated[Path, typer.Option()] = Path("reports/protect"),
+) -> None:
+    """Merge several `protect evaluate` runs (e.g. one per eps) into one report."""
+    from app.protect.eval_cli import merge_runs
+
+    try:
+        text = merge_runs(runs, out_dir)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        raise _fail("bad_input", str(exc), EXIT_BAD_INPUT) from None
+    console.print(text, markup=False, highlight=False)
+
+
+@protect_app.command("persistence")
+def persistence_cmd(
+    media: Annotated[list[Path], typer.Option(help="the photos `protect evaluate` used")],
+    protected_dir: Annotated[Path, typer.Option(help="its --save-dir")],
+    data: Annotated[Path, typer.Option(help="demo corpus (swap identity's faces)")] =
+        Path("runs/data"),
+    eps: Annotated[float, typer.Option(help="which saved budget to attack")] = 0.05,
+    steps: Annotated[int, typer.Option(min=1, help="attacker's fine-tuning steps K")] = 100,
+    max_photos: Annotated[int, typer.Option(min=1)] = 20,
+    out_dir: Annotated[Path, typer.Option()] = Path("reports/protect"),
+    models_dir: Annotated[Path | None, typer.Option(help="model store folder")] = None,
+) -> None:
+    """The attacker retrains on protected photos: none vs interruption vs TSDF, per cropper."""
+    from app.protect.persistence_cli import run_persistence
+
+    try:
+        text = run_persistence(media, protected_dir, eps, steps, max_photos,
+                               models_dir or get_settings().models_dir, data, out_dir)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail("bad_input", str(exc), EXIT_BAD_INPUT) from None
     console.print(text, markup=False, highlight=False)

@@ -10,6 +10,7 @@ features), never optimised against.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import cv2
@@ -33,9 +34,23 @@ def _cascade() -> Cascade:
     return Cascade(lbp_frontal_face_cascade_filename())
 
 
+_CACHE: dict[tuple[bytes, tuple[int, ...], int, int], list[Box]] = {}
+_CACHE_MAX = 64
+
+
 def cascade_boxes(rgb: np.ndarray, min_size: int = 40, max_side: int = 1280) -> list[Box]:
     """OpenCV's LBP frontal-face cascade (via scikit-image) → boxes (x1,y1,x2,y2), run on a
-    copy shrunk like MTCNN's input."""
+    copy shrunk like MTCNN's input. Results are cached by image content: the exhaustive
+    sliding window takes seconds per photo and evaluations ask about the same original often."""
+    key = (hashlib.sha1(np.ascontiguousarray(rgb).data).digest(), rgb.shape, min_size, max_side)
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _cascade_uncached(rgb, min_size, max_side)
+    return list(_CACHE[key])
+
+
+def _cascade_uncached(rgb: np.ndarray, min_size: int, max_side: int) -> list[Box]:
     h, w = rgb.shape[:2]
     f = min(1.0, max_side / max(h, w))
     small = cv2.resize(rgb, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA) \

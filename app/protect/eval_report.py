@@ -76,5 +76,6 @@ def to_markdown(summary: list[dict[str, Any]], meta: dict[str, Any],
         lines += ["## Time of `protect` on a 1280x720 photo", "",
                   f"{timing['seconds']:.1f} s for {timing['faces']} face(s), mode "
                   f"`{timing['mode']}`, default settings; target <= 30 s: "
-                  f"{_verdict(ok, over)}.", ""]
+                  f"{_verdict(ok, over)}"
+                  + (f" (runs: {timing['all']} s)" if "all" in timing else "") + ".", ""]
     return "\n".join(lines) + ("\n" + extra if extra else "")

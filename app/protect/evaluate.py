@@ -37,6 +37,7 @@ class EvalConfig:
     poison_steps: int = 100
     seed: int = 0
     max_faces_per_photo: int = 5
+    save_dir: Path | None = None  # protected PNGs kept for the persistence protocol
 
 
 def jpeg(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
@@ -53,6 +54,9 @@ def face_rows(protector: Protector, held_out: Sequence[FaceGenerator], name: str
     result = protector.protect(rgb, opts)
     seconds = time.monotonic() - t0
     prot, orig_j, prot_j = result.protected, jpeg(rgb), jpeg(result.protected)
+    if cfg.save_dir is not None:
+        cfg.save_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(prot).save(cfg.save_dir / f"{mode}_{eps:g}_{Path(name).stem}.png")
     after_j = [b for b, _ in mtcnn_boxes(protector.faces, prot_j)]
     casc_j = cascade_boxes(prot_j)
     rows = []
@@ -92,6 +96,8 @@ def evaluate(protector: Protector, held_out: Sequence[FaceGenerator],
     for i, (mode, eps) in enumerate(runs):
         for j, (name, rgb) in enumerate(photos):
             rows += face_rows(protector, held_out, name, rgb, mode, eps, cfg)
+            if cfg.save_dir is not None:  # partial results survive an interrupted run
+                write_csv(cfg.save_dir / "faces.partial.csv", rows)
             if progress:
                 progress(i * len(photos) + j + 1, len(runs) * len(photos))
     return rows
