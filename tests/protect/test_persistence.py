@@ -44,3 +44,17 @@ def test_paired_margin_ci() -> None:
     assert m == 4 / 6 and 0 < lo <= m <= hi <= 1
     m, lo, hi = paired_margin_ci([1, 0, 1, 0], [1, 0, 1, 0])
     assert m == lo == hi == 0
+
+
+def test_purification_of_an_unprotected_photo_leaves_no_effect(
+        photo: np.ndarray, faces_detector: FaceDetector, tiny_gen: FaceGenerator) -> None:
+    from app.protect.purification import PURIFIERS, purification_rows, to_markdown
+
+    face = faces_detector.detect([photo])[0][0]
+    victims = [Victim("gh", photo, face.box, face.crop_box)]
+    rows = purification_rows([tiny_gen], faces_detector, {"clean": {"gh": photo}}, victims)
+    assert {r["purifier"] for r in rows} == set(PURIFIERS)
+    # Purified original vs the same purified photo: nothing left to measure.
+    assert not any(r[f"success_{tiny_gen.name}"] for r in rows)
+    assert all(r["mtcnn_found"] for r in rows)
+    assert "| clean | jpeg90 |" in to_markdown(rows, 0.025, [tiny_gen.name])
