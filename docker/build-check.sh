@@ -191,7 +191,7 @@ analyse() {  # analyse BASE_URL LABEL: submit MEDIA, poll until done, check the 
     status="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' <<<"$body")"
     case "$status" in done|failed) break ;; esac
     if python3 -c "import sys; sys.exit(0 if $(date +%s.%N) - $t0 < $TIMEOUT else 1)"; then
-      sleep 0.5
+      sleep 0.2
     else
       figure "$label analysis timed out ($status)"; return 1
     fi
@@ -213,8 +213,8 @@ PY
 check "analysis-json" analyse "$API" podman || logs
 
 # ---------------------------------------------------------------- 6. the hardening, proved
-prove() {  # prove CONTAINER: uid 10001, read-only /, no capabilities, no_new_privs, tmpfs /tmp
-  local c="$PREFIX-$1" out
+prove() {  # prove LABEL CONTAINER: uid 10001, read-only /, no capabilities, no_new_privs, tmpfs /tmp
+  local c="$2" out
   out="$("${PODMAN[@]}" exec "$c" sh -c 'id; grep -E "^(CapEff|CapBnd|NoNewPrivs)" /proc/1/status;
     touch /probe 2>&1; touch /tmp/probe && echo "tmp writable"; touch /data/probe && echo "data writable";
     rm -f /tmp/probe /data/probe; grep -E " / | /tmp " /proc/mounts' 2>&1)" || true
@@ -227,8 +227,8 @@ prove() {  # prove CONTAINER: uid 10001, read-only /, no capabilities, no_new_pr
     && grep -q "NoNewPrivs:.*1" <<<"$out" \
     && grep -q "tmp writable" <<<"$out" && grep -q "data writable" <<<"$out"
 }
-check "hardening-api" prove api
-check "hardening-worker" prove worker
+check "hardening-api" prove api "$PREFIX-api"
+check "hardening-worker" prove worker "$PREFIX-worker"
 # ... and the service still works after the probes (the same analysis again, warm).
 check "analysis-after-probes" analyse "$API" podman-warm
 
@@ -236,7 +236,7 @@ check "analysis-after-probes" analyse "$API" podman-warm
 if [ "$COMPOSE" = 1 ]; then
   for c in worker api redis; do "${PODMAN[@]}" rm -f -t 30 "$PREFIX-$c" >/dev/null; done
   # podman-compose from PyPI in a throw-away tool environment (nothing added to the project).
-  PC=(uvx --from podman-compose podman-compose)
+  PC=(uvx --from podman-compose podman-compose --in-pod false)  # containers, as docker compose
   # The one substitution compose cannot take from the environment: Redis's image.
   printf 'services:\n  redis:\n    image: %s\n' "$REDIS_IMAGE" >"$WORK/compose.local.yml"
   export DFSHIELD_IMAGE="$APP_IMAGE" DFSHIELD_API_PORTS="127.0.0.1:$API_PORT" \
@@ -244,6 +244,18 @@ if [ "$COMPOSE" = 1 ]; then
   CF=(-f docker-compose.yml -f "$WORK/compose.local.yml" --profile cpu)
   compose_down() { "${PC[@]}" "${CF[@]}" down -v >/dev/null 2>&1 || true; }
   [ "$KEEP" = 1 ] || trap 'compose_down; cleanup' EXIT
+  # podman runs HEALTHCHECKs from systemd timers; without systemd (a container, a chroot) none
+  # ever runs and `condition: service_healthy` never holds, so tick them from here instead.
+  if [ ! -d /run/systemd/system ]; then
+    ( while :; do
+        for c in $(podman ps -q --filter label=com.docker.compose.project=dfshield); do
+          podman healthcheck run "$c" >/dev/null 2>&1 || true
+        done
+        sleep 2
+      done ) &
+    TICKER=$!
+    figure "compose healthchecks ticked by this script (no systemd here)"
+  fi
   t_start=$SECONDS
   if "${PC[@]}" "${CF[@]}" up -d --no-build redis api worker-cpu \
       >"$WORK/compose.log" 2>&1; then
@@ -254,7 +266,14 @@ if [ "$COMPOSE" = 1 ]; then
     done
     if [ "$ready" = 1 ]; then
       figure "compose ready $((SECONDS - t_start))s"
+      podman ps -a --filter label=com.docker.compose.project=dfshield \
+        --format '  compose: {{.Names}} {{.Image}} {{.Status}} {{.Networks}}'
       check "compose-analysis" analyse "$API" compose
+      for svc in api worker-cpu; do
+        c="$(podman ps -q --filter label=com.docker.compose.project=dfshield \
+          --filter "label=com.docker.compose.service=$svc")"
+        check "compose-hardening-$svc" prove "compose-$svc" "$c"
+      done
     else
       figure "compose FAILED: not ready after ${TIMEOUT}s"; FAILED=1
       "${PC[@]}" "${CF[@]}" logs 2>&1 | tail -40
@@ -264,5 +283,6 @@ if [ "$COMPOSE" = 1 ]; then
   fi
 fi
 
+[ -z "${TICKER:-}" ] || kill "$TICKER" 2>/dev/null || true
 figure "done rc=$FAILED"
 exit "$FAILED"

@@ -15,7 +15,7 @@ RUN groupadd --system --gid 999 redis \
        --shell /usr/sbin/nologin redis \
     && apt-get update \
     && apt-get install -y --no-install-recommends redis-server \
-    && rm -rf /var/lib/apt/lists/* \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
     && mkdir -p /data \
     && chown redis:redis /data
 
