@@ -81,7 +81,7 @@ PODMAN=(podman --runtime runc)
 
 cleanup() {
   if [ "$KEEP" = 0 ] && [ "$DRY_RUN" = 0 ]; then
-    for c in worker api redis; do "${PODMAN[@]}" rm -f -t 30 "$PREFIX-$c" >/dev/null 2>&1 || true; done
+    for c in worker api redis; do "${PODMAN[@]}" rm -f -v -t 30 "$PREFIX-$c" >/dev/null 2>&1 || true; done
     "${PODMAN[@]}" network rm "$NET" >/dev/null 2>&1 || true
     "${PODMAN[@]}" volume rm "$VOL" >/dev/null 2>&1 || true
   fi
@@ -234,7 +234,7 @@ check "analysis-after-probes" analyse "$API" podman-warm
 
 # ---------------------------------------------------------------- 7. docker-compose.yml
 if [ "$COMPOSE" = 1 ]; then
-  for c in worker api redis; do "${PODMAN[@]}" rm -f -t 30 "$PREFIX-$c" >/dev/null; done
+  for c in worker api redis; do "${PODMAN[@]}" rm -f -v -t 30 "$PREFIX-$c" >/dev/null; done
   # podman-compose from PyPI in a throw-away tool environment (nothing added to the project).
   PC=(uvx --from podman-compose podman-compose --in-pod false)  # containers, as docker compose
   # The one substitution compose cannot take from the environment: Redis's image.
