@@ -86,7 +86,7 @@ def merge_runs(run_dirs: Sequence[Path], out_dir: Path) -> str:
     summary = summarise(rows)
     write_csv(out_dir / "summary.csv", [_flat(s) for s in summary])
     timings = [r["timing"] for r in runs]
-    timing = min(timings, key=lambda t: t["seconds"])  # the least contended measurement
+    timing = max(timings, key=lambda t: t["seconds"])  # judged on the slowest run
     timing = {**timing, "all": [round(t["seconds"], 1) for t in timings]}
     text = to_markdown(summary, runs[0]["meta"], timing)
     (out_dir / "report.md").write_text(text)
