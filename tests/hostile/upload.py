@@ -41,18 +41,29 @@ def body_length(total: int) -> int:
     return len(_HEAD) + total + len(_TAIL)
 
 
-def multipart_body(total: int, sent: list[int], chunk: int = CHUNK) -> Iterator[bytes]:
+BODY_MAX_S = 120.0  # loopback carries 2 GiB in well under this; a refusal takes < 1 s
+
+
+class BodyTooSlow(RuntimeError):
+    """The body generator's wall-clock guard tripped."""
+
+
+def multipart_body(total: int, sent: list[int], chunk: int = CHUNK,
+                   max_seconds: float = BODY_MAX_S) -> Iterator[bytes]:
     """A multipart body whose ``file`` part holds ``total`` zero bytes, made as it is read.
 
     ``sent[0]`` counts the bytes handed to the transport so far; nothing is ever held
-    beyond one ``chunk``.
+    beyond one ``chunk``. Past ``max_seconds`` it raises: a server that keeps reading instead
+    of refusing then fails the test in bounded time instead of stalling the suite.
     """
     head = _HEAD
     block = b"\0" * chunk
     sent[0] += len(head)
     yield head
-    left = total
+    left, deadline = total, time.monotonic() + max_seconds
     while left > 0:
+        if time.monotonic() > deadline:
+            raise BodyTooSlow(f"still sending after {max_seconds:.0f} s ({sent[0]} bytes)")
         piece = block if left >= chunk else block[:left]
         left -= len(piece)
         sent[0] += len(piece)
