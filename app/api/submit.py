@@ -94,12 +94,13 @@ def _enqueue(store: ResultStore, queue: JobQueue, job: JobRecord) -> None:
     store.update(job.id, entry_id=job.entry_id)
 
 
-def _refuse_early(request: Request, settings: Settings) -> tuple[int, str]:
+def upload_cap(request: Request, settings: Settings) -> tuple[int, str]:
+    """(cap in bytes, cap as text); a declared Content-Length over it is refused before
+    reading, closing the connection (else uvicorn reads and drops the whole body)."""
     cap = int(settings.max_upload_mb * 1024 * 1024)
     cap_text = f"{settings.max_upload_mb:g} MB"
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > cap + MULTIPART_SLACK:  # refuse before reading
-        # Connection: close, or uvicorn reads (and drops) the whole body before the next request.
         raise ApiError(413, FileTooLarge.code,
                        f"upload of {int(length)} bytes is larger than the {cap_text} limit",
                        headers={"Connection": "close"})
@@ -116,7 +117,7 @@ def _storage_error(e: OSError) -> ApiError:
 async def _receive(request: Request, job_id: str, settings: Settings, store: ResultStore,
                    check: FieldCheck | None) -> tuple[SpooledUpload, AnalyzeForm, str | None,
                                                        MediaInfo]:
-    cap, cap_text = _refuse_early(request, settings)
+    cap, cap_text = upload_cap(request, settings)
     try:
         up = await spool_multipart(request, store.media_dir(job_id), cap, cap_text)
         if check is not None:

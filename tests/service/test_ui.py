@@ -127,12 +127,16 @@ def test_analysis_page_timeline_grid_heatmaps_and_downloads(all_fake: LiveApi) -
     assert c.get("/ui/static/ui.js").headers["content-type"].startswith("text/javascript")
 
 
-def test_sessions_hold_no_key_and_end_at_logout(
-    tmp_path: Path, redis_server, redis_client: redis.Redis,
-    api_factory: Callable[..., LiveApi], worker_factory: Callable[..., Worker],
-) -> None:
-    live = _live(tmp_path, redis_server, redis_client, api_factory, worker_factory,
+@pytest.fixture
+def keyed(tmp_path: Path, redis_server, redis_client: redis.Redis,
+          api_factory: Callable[..., LiveApi], worker_factory: Callable[..., Worker]) -> LiveApi:
+    """The service with keys on (SPEC)."""
+    return _live(tmp_path, redis_server, redis_client, api_factory, worker_factory,
                  api_keys=SPEC)
+
+
+def test_sessions_hold_no_key_and_end_at_logout(keyed: LiveApi, redis_client: redis.Redis) -> None:
+    live = keyed
     c = live.client
     mine = _upload(c, Authorization=f"Bearer {BOTH}")
     theirs = _upload(c, Authorization=f"Bearer {OTHER}")
@@ -177,12 +181,9 @@ def test_sessions_hold_no_key_and_end_at_logout(
     assert replay.status_code == 303 and replay.headers["location"].startswith("/ui/login")
 
 
-def test_upload_form_needs_the_session_csrf_token(
-    tmp_path: Path, redis_server, redis_client: redis.Redis,
-    api_factory: Callable[..., LiveApi], worker_factory: Callable[..., Worker],
-) -> None:
-    live = _live(tmp_path, redis_server, redis_client, api_factory, worker_factory,
-                 api_keys=SPEC)
+def test_upload_form_needs_the_session_csrf_token(keyed: LiveApi,
+                                                  redis_client: redis.Redis) -> None:
+    live = keyed
     c = live.client
     assert c.post("/ui/login", data={"key": BOTH}).status_code == 303
     token = CSRF.findall(_html(c.get("/ui")))[0]

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SettingsDep, SubmitPrincipal
 from app.api.errors import ApiError
+from app.api.submit import upload_cap
 from app.api.upload import SpooledUpload, spool_multipart
 from app.config import Settings
 from app.media.errors import EmptyFile, FileTooLarge
@@ -29,7 +30,6 @@ from app.protect.settings import ProtectSettings, get_protect_settings
 from app.schemas import Problem
 
 router = APIRouter(tags=["protect"])
-MULTIPART_SLACK = 64 * 1024
 BUSY_RETRY_AFTER_S = 10
 _slots: dict[int, threading.BoundedSemaphore] = {}
 _slots_lock = threading.Lock()
@@ -132,11 +132,7 @@ def _protect_checked(up: SpooledUpload, form: ProtectForm, settings: Settings,
 async def protect(request: Request, principal: SubmitPrincipal,
                   settings: SettingsDep) -> Response:
     ps = get_protect_settings()
-    cap = int(settings.max_upload_mb * 1024 * 1024)
-    cap_text = f"{settings.max_upload_mb:g} MB"
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > cap + MULTIPART_SLACK:
-        raise FileTooLarge(f"upload of {int(length)} bytes is larger than the {cap_text} limit")
+    cap, cap_text = upload_cap(request, settings)  # the same cap as /v1/analyze
     spool = settings.data_dir / "protect" / uuid.uuid4().hex
     try:
         up = await spool_multipart(request, spool, cap, cap_text)
