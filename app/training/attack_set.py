@@ -46,6 +46,7 @@ from app.training.common import (
     write_png,
 )
 from app.training.data import read_index
+from app.training.upload_path import surviving_copies
 
 INDEX_NAME = "index.jsonl"
 DATASET_NAME = "dataset.json"
@@ -226,6 +227,7 @@ def attack_set(
     train_attacks: Sequence[str] | None = None,
     eps_grid: Sequence[float] | None = None,
     benign: int = 0,
+    upload_copies: int = 0,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Write ``out/index.jsonl`` + PNGs + ``dataset.json``; returns per-split stats.
@@ -237,7 +239,9 @@ def attack_set(
     each caught fake is attacked by one (attack, budget) job drawn at random, budgets over
     ``eps_grid`` (/255), ``overrides`` then per attack name. ``benign``: this many randomly
     corrupted copies of each clean crop join the clean class (``benign.py``), kept when g
-    still calls them real.
+    still calls them real. ``upload_copies``: this many copies of each kept attacked crop
+    through a random JPEG / rescale (``upload_path.py``) join the attacked class while they
+    still fool g.
     """
     args = {k: v for k, v in locals().items() if k not in ("progress", "detector")}
     args["detector"] = str(detector) if isinstance(detector, Path | str) else "<model>"
@@ -260,7 +264,7 @@ def attack_set(
         fakes = _pick([r for r in recs if int(r["label"]) == 1], limit, rng)
         reals = _pick([r for r in recs if int(r["label"]) == 0], limit_real, rng)
         ctx = _SplitCtx(g, data_root, out, split, size, tau, batch_size, seed, margin_slack,
-                        progress or no_progress, rng)
+                        progress or no_progress, rng, upload_copies)
         split_rows, stats[split] = _one_split(ctx, fakes, reals, jobs, benign)
         rows += split_rows
     atomic_write_text(out / INDEX_NAME, "".join(json.dumps(r) + "\n" for r in rows))
@@ -268,7 +272,8 @@ def attack_set(
             "train_attacks": list(train_attacks or [attack]),
             "jobs": [{"label": j.label, "attack": j.attack, "family": j.family,
                       "overrides": j.overrides} for j in jobs],
-            "benign_per_clean": benign, "tau_fake": tau, "crop_size": size,
+            "benign_per_clean": benign, "upload_copies": upload_copies, "tau_fake": tau,
+            "crop_size": size,
             "detector": args["detector"], "source": str(data_root.resolve()),
             "classes": {"0": "clean", "1": "attacked"}, "stats": stats,
             "overrides": overrides or {}, "kappa": kappa_for(tau, margin_slack)}
@@ -301,6 +306,7 @@ class _SplitCtx:
     margin_slack: float
     progress: ProgressFn
     rng: np.random.Generator
+    upload_copies: int = 0
 
 
 def _one_split(
@@ -331,6 +337,7 @@ def _one_split(
             results.append(res)
             per_job.setdefault(job.label, []).append(res)
             rows += _attacked_rows(ctx, recs, sel.tolist(), start, job.label, p_fake, res)
+            rows += _upload_rows(ctx, recs, sel.tolist(), start, job.label, p_fake, res)
     merged = AttackedBatch.cat(results)
     stats = {"real": len(reals), "real_called_real": n_clean, "benign_kept": n_benign,
              "fake": len(fakes), "fake_called_fake": n_caught, **merged.stats(),
@@ -380,6 +387,28 @@ def _attacked_rows(
             q = None if res.queries is None else int(res.queries[j])
             rows.append(_row(recs[k], path, 1, ctx.split, label, float(p_fake[k]),
                              float(res.p_fake_after[j]), float(res.linf[j]), q))
+    return rows
+
+
+def _upload_rows(
+    ctx: _SplitCtx, recs: list[dict[str, Any]], picked: list[int], start: int, label: str,
+    p_fake: torch.Tensor, res: AttackedBatch,
+) -> list[dict[str, Any]]:
+    """Upload-path copies (JPEG / rescale) of the kept attacked crops that still fool g."""
+    kept = [j for j in range(len(picked)) if res.fooled[j]]
+    if ctx.upload_copies <= 0 or not kept:
+        return []
+    copies = surviving_copies([res.adv[j] for j in kept], ctx.upload_copies, ctx.rng,
+                              lambda x: p_fake_of(ctx.g, x, ctx.batch_size), ctx.tau)
+    rows = []
+    for i, k, img, name, p in copies:
+        src = picked[kept[i]]
+        path = f"{ctx.split}/attacked/{start + src:06d}_u{k}.png"
+        write_png(ctx.out / path, img)
+        orig = to_uint8(load_crops(ctx.root, [recs[src]], ctx.size)[0])
+        linf = float(np.abs(img.astype(np.int16) - orig).max()) / 255
+        rows.append(_row(recs[src], path, 1, ctx.split, f"{label}+{name}",
+                         float(p_fake[src]), p, linf, None))
     return rows
 
 

@@ -28,6 +28,7 @@ from app.training.robust_eval import (
 )
 from app.training.train_adversarial import train_adversarial
 from app.training.train_detector import train_detector
+from app.training.upload_path import upload_copy
 from tests.training.test_train import build_tiny_dataset
 
 MIX = ["pgd", "fgsm"]
@@ -55,7 +56,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mixed(work: Path) -> Path:
     out = work / "att"
     attack_set(work / "data", work / "g", out, batch_size=8, device="cpu", seed=0,
-               train_attacks=MIX, eps_grid=[8, 16], benign=2, overrides=OVERRIDES)
+               train_attacks=MIX, eps_grid=[8, 16], benign=2, upload_copies=1,
+               overrides=OVERRIDES)
     return out
 
 
@@ -103,7 +105,7 @@ def test_jobs_cover_the_grid_and_keep_the_paper_mode() -> None:
 
 def test_mixed_set_labels_rows_by_job_and_benign_never_attacked(mixed: Path) -> None:
     rows = read_jsonl(mixed / "index.jsonl")
-    attacked = [r for r in rows if r["label"] == 1]
+    attacked = [r for r in rows if r["label"] == 1 and "+" not in r["attack"]]
     benign = [r for r in rows if str(r["attack"]).startswith("benign:")]
     assert attacked and benign
     assert {r["attack"] for r in attacked} <= {"pgd@8", "pgd@16", "fgsm@8", "fgsm@16"}
@@ -113,7 +115,36 @@ def test_mixed_set_labels_rows_by_job_and_benign_never_attacked(mixed: Path) -> 
         assert r["linf"] <= eps + 1e-6
     meta = json.loads((mixed / "dataset.json").read_text())
     assert meta["attack"] == "mix" and len(meta["jobs"]) == 4 and meta["benign_per_clean"] == 2
+    assert meta["upload_copies"] == 1
     assert set(meta["stats"]["train"]["jobs"]) <= {j["label"] for j in meta["jobs"]}
+
+
+def test_upload_copies_are_attacks_that_still_fool_g_after_jpeg_or_rescale(mixed: Path) -> None:
+    rows = read_jsonl(mixed / "index.jsonl")
+    tau = json.loads((mixed / "dataset.json").read_text())["tau_fake"]
+    kept = {(r["split"], r["orig_path"]): r for r in rows
+            if r["label"] == 1 and "+" not in r["attack"]}
+    copies = [r for r in rows if r["label"] == 1 and "+" in r["attack"]]
+    assert copies, "no upload copy survived: the test set-up no longer exercises them"
+    for r in copies:
+        job, how = r["attack"].split("+", 1)
+        assert (r["split"], r["orig_path"]) in kept  # a copy of a kept attack, same split
+        assert kept[(r["split"], r["orig_path"])]["attack"] == job
+        assert family_of(r["attack"]) == family_of(job) and how.startswith(("jpeg", "rescale"))
+        assert r["p_fake_after"] < tau  # still an attack that works
+        assert r["path"] != kept[(r["split"], r["orig_path"])]["path"]
+
+
+def test_upload_copy_is_reproducible_uint8_and_changes_the_crop() -> None:
+    names = set()
+    for seed in range(12):
+        a, na = upload_copy(_face(), np.random.default_rng(seed))
+        b, nb = upload_copy(_face(), np.random.default_rng(seed))
+        assert na == nb and np.array_equal(a, b)
+        assert a.dtype == np.uint8 and a.shape == _face().shape
+        assert np.abs(a.astype(int) - _face()).max() > 0
+        names.add(na.split("+")[0].rstrip("0123456789."))
+    assert names == {"jpeg", "rescale"}  # both transforms are drawn
 
 
 def test_tau_far_holds_the_val_false_alarm_rate_and_rates_are_per_attack(d_far: Path) -> None:
