@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     max_video_seconds: float = Field(600.0, gt=0)
     max_frames: int = Field(32, ge=1, description="frames sampled evenly per video")
     max_frames_cap: int = Field(256, ge=1, description="upper bound a client may ask for")
+    sample_window: float = Field(
+        0.5, ge=0.0, le=0.5, description="long videos: a sample may be the cheapest frame "
+        "(a keyframe) within this fraction of the sampling interval of its time; 0 = exact"
+    )
     max_width: int = Field(4096, ge=16)
     max_height: int = Field(4096, ge=16)
     max_image_pixels: int = Field(40_000_000, ge=256)

@@ -37,6 +37,7 @@ def write_video(
     time_base: Fraction | None = None,
     rotation: int = 0,
     container_options: dict[str, str] | None = None,
+    gop: int | None = None,
 ) -> Path:
     """Encode RGB frames into ``path``.
 
@@ -44,7 +45,8 @@ def write_video(
     OpenCV fourcc (``mp4v``, ``MJPG``). ``container`` is an FFmpeg format name, default from
     the suffix. ``pts`` (in ``time_base`` units, default 1/1000 s) makes a variable frame
     rate video; ``rotation`` (counter-clockwise degrees) is written as a display matrix;
-    ``container_options`` go to the muxer (e.g. ``{"live": "1"}``: WebM without duration).
+    ``container_options`` go to the muxer (e.g. ``{"live": "1"}``: WebM without duration);
+    ``gop``: a keyframe exactly every ``gop`` frames (libx264 only; no scene-cut keyframes).
     """
     path = Path(path)
     if codec in _FOURCC_CODECS:
@@ -52,7 +54,7 @@ def write_video(
             raise ValueError("OpenCV's writer takes no pts, rotation, container or options")
         return _write_cv2(path, frames_rgb, fps, codec)
     muxer = {"format": container, "options": container_options or {}}
-    return _write_av(path, frames_rgb, fps, codec, muxer, pts, time_base, rotation)
+    return _write_av(path, frames_rgb, fps, codec, muxer, pts, time_base, rotation, gop)
 
 
 def _write_cv2(path: Path, frames: Iterable[np.ndarray], fps: float, fourcc: str) -> Path:
@@ -71,13 +73,17 @@ def _write_cv2(path: Path, frames: Iterable[np.ndarray], fps: float, fourcc: str
     return path
 
 
-def _write_av(path, frames, fps, codec, muxer, pts, time_base, rotation) -> Path:
+def _write_av(path, frames, fps, codec, muxer, pts, time_base, rotation, gop=None) -> Path:
     tb = time_base or Fraction(1, 1000)
     with av.open(str(path), mode="w", **muxer) as out:
         stream = None
         for i, rgb in enumerate(frames):
             if stream is None:
                 stream = _add_video_stream(out, codec, fps, rgb.shape, pts is not None, tb)
+                if gop is not None:
+                    stream.codec_context.gop_size = gop
+                    stream.codec_context.options = {
+                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
                 if rotation:
                     stream.set_display_rotation(rotation)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")

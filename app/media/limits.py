@@ -19,6 +19,7 @@ class MediaLimits:
     max_width: int = 4096
     max_height: int = 4096
     max_image_pixels: int = 40_000_000
+    sample_window: float = 0.5  # fraction of the sampling interval (video.FrameSampler)
 
     @classmethod
     def from_settings(cls, s: Settings) -> MediaLimits:
@@ -26,6 +27,7 @@ class MediaLimits:
             max_video_seconds=s.max_video_seconds,
             max_frames=s.max_frames,
             max_frames_cap=s.max_frames_cap,
+            sample_window=s.sample_window,
             max_width=s.max_width,
             max_height=s.max_height,
             max_image_pixels=s.max_image_pixels,

@@ -67,7 +67,7 @@ def open_media(path: Path, limits: MediaLimits, max_frames: int | None = None) -
     planned = planned_count(probe, n)
 
     def frames(warnings: list[str]) -> Iterator[SampledFrame]:
-        return iter(FrameSampler(path, probe, planned, warnings))
+        return iter(FrameSampler(path, probe, planned, warnings, window=limits.sample_window))
 
     return MediaSource(_video_info(probe, planned), planned, frames)
 

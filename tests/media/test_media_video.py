@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import weakref
 from fractions import Fraction
 from pathlib import Path
@@ -54,6 +55,42 @@ def test_seeking_picks_the_same_frames_as_decoding_through() -> None:
     for a, b in zip(seeking[1:], through[1:], strict=True):
         assert a.source_index is None  # unknown after a seek, never guessed
         assert np.array_equal(a.image, b.image)
+
+
+@pytest.fixture(scope="module")
+def long_gop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 s at 10 fps, a keyframe every 10 s: 8 samples are ~8.4 s apart, so the sampler seeks."""
+    path = tmp_path_factory.mktemp("gop") / "gop.mp4"
+    return write_video(path, (coded_frame(i) for i in range(600)), fps=10, gop=100)
+
+
+def test_long_gop_window_takes_keyframes_inside_each_slice(long_gop: Path) -> None:
+    probe = probe_video(long_gop, "mp4", LIMITS)
+    targets = plan_targets(probe, 8)
+    step = targets[1] - targets[0]
+    windowed = list(FrameSampler(long_gop, probe, 8, [], window=0.5))
+    exact = list(FrameSampler(long_gop, probe, 8, [], window=0.0))
+    ts = [f.timestamp for f in windowed]
+    assert len(windowed) == 8 and all(b > a for a, b in zip(ts, ts[1:], strict=False))
+    for t, f in zip(targets, windowed, strict=True):
+        assert abs(f.timestamp - t) <= step / 2 + 1e-3  # inside its own slice
+        assert read_code(f.image) == round(f.timestamp * 10) % 256  # 8-bit code of that time
+    keyframes = [t for t in ts if round(t * 10) % 100 == 0]
+    assert len(keyframes) >= 4  # most slices hold a keyframe: taken instead of decoding a GOP
+    for t, f in zip(targets, exact, strict=True):  # window 0: the first frame at/after target
+        assert f.timestamp == pytest.approx(math.ceil(t * 10 - 1e-6) / 10, abs=1e-3)
+        assert read_code(f.image) == round(f.timestamp * 10) % 256
+
+
+def test_sample_window_is_a_setting_and_reaches_the_sampler(long_gop: Path) -> None:
+    exact = MediaLimits.from_settings(Settings(sample_window=0.0))
+    assert [round(f.timestamp, 1) for f in open_media(long_gop, exact, max_frames=8)] == [
+        math.ceil(t * 10 - 1e-6) / 10
+        for t in plan_targets(probe_video(long_gop, "mp4", exact), 8)]
+    default = list(open_media(long_gop, MediaLimits.from_settings(Settings()), max_frames=8))
+    assert sum(round(f.timestamp * 10) % 100 == 0 for f in default) >= 4
+    with pytest.raises(ValueError):
+        Settings(sample_window=0.7)  # past half an interval a sample leaves its slice
 
 
 def test_fewer_frames_than_asked_and_custom_count(tmp_path: Path) -> None:
