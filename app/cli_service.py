@@ -111,3 +111,36 @@ def bench_pipeline_cmd(
     from app.bench import bench_pipeline, print_pipeline
 
     print_pipeline(bench_pipeline(batch=batch, repeats=repeats, device=device, backend=backend))
+
+
+@bench_app.command("all")
+def bench_all_cmd(
+    quick: Annotated[bool, typer.Option(
+        help="tiny settings (batches 1,2; one repeat; 2 s long clip; bundled pair only)")] = False,
+    device: DeviceOpt = None,
+    repeats: Annotated[int | None, typer.Option(min=1, help="timed runs per figure")] = None,
+    threads: Annotated[int | None, typer.Option(min=0, help="torch/ORT threads, 0 = default")]
+    = None,
+    batches: Annotated[str | None, typer.Option(help="forward batch curve, e.g. 1,8,32,64")]
+    = None,
+    paper: Annotated[bool | None, typer.Option(
+        help="also the paper's Xception g + Detect-ResNet50 d (default: on, off with --quick)")]
+    = None,
+    ig: Annotated[bool, typer.Option(help="also Integrated Gradients (slow)")] = False,
+    service: Annotated[bool, typer.Option(help="also bench service (HTTP load)")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="generated clips and placeholder store (default ~/.cache/dfshield-bench)")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        help="where <hostname>-<date>.csv goes (default benchmarks/)")] = None,
+) -> None:
+    """Every issue-10 figure in one run (peak, forward, XAI, naive vs batched, decode, MTCNN,
+    end to end): a table beside the targets and benchmarks/<hostname>-<date>.csv."""
+    from app.bench.suite import bench_all, make_config, parse_batches
+
+    try:
+        curve = parse_batches(batches) if batches else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--batches") from None
+    bench_all(make_config(quick, device=device, repeats=repeats, threads=threads,
+                          batches=curve, paper=paper, ig=ig or None, service=service or None,
+                          cache_dir=cache_dir, out_dir=out_dir))
