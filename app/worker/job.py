@@ -1,4 +1,10 @@
-"""One job, start to finish: decode → faces (this thread) → shared batcher → frames → result."""
+"""One job, start to finish: decode → faces (this thread) → shared batcher → frames → result.
+
+Chunks are pipelined: chunk k's crops go to the batcher, then this thread decodes and
+face-detects chunk k+1 while the model scores chunk k, and only then waits for k's scores.
+Before, the thread sat idle during scoring and the model sat idle during decode + MTCNN, so
+batches stayed small (mean 4 of 16 on the 2-core bench).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -48,6 +54,15 @@ def encode_png(rgb: np.ndarray) -> bytes:
 def face_url(job_id: str, frame: int, face: int, kind: PngKind) -> str:
     """Root-relative link to a face image (the API route that serves it)."""
     return f"/v1/analyses/{job_id}/frames/{frame}/faces/{face}/{kind}.png"
+
+
+@dataclass
+class _Submitted:
+    """A chunk whose crops are with the batcher."""
+
+    chunk: list[SampledFrame]
+    detected: list[list[DetectedFace]]
+    futures: list[Future[ScoredCrop]]
 
 
 class JobRunner:
@@ -96,6 +111,7 @@ class JobRunner:
         tracker = FaceTracker()  # per attempt: a retry re-links from frame 0, same ids
         it = iter(source)
         t_start = time.perf_counter()
+        pending: _Submitted | None = None
         while True:
             if stopping.is_set():
                 raise WorkerStopping()
@@ -104,25 +120,27 @@ class JobRunner:
             t0 = time.perf_counter()
             chunk = list(islice(it, self.settings.worker_frame_chunk))  # lazy decode happens here
             _stage(timings, "decode", t0)
-            if not chunk:
+            nxt = self._submit(chunk, job, timings, cancelled, watch) if chunk else None
+            if pending is not None:  # chunk k+1 is queued: now collect chunk k
+                frames.extend(self._collect(job, pending, total, timings, tracker))
+            pending = nxt
+            if pending is None:
                 break
-            frames.extend(self._chunk(job, chunk, total, timings, cancelled, tracker, watch))
         if watch is not None:  # judged before the result is visible: the next query sees it
             watch.finish()
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return build_result(source.info, frames, self.analyzer, job.xai_method, timings,
                             source.warnings, self.faces.quality)
 
-    def _chunk(
+    def _submit(
         self,
-        job: JobRecord,
         chunk: list[SampledFrame],
-        total: int,
+        job: JobRecord,
         timings: dict[str, float],
         cancelled: Callable[[], bool],
-        tracker: FaceTracker,
-        watch: UploadGuard | None = None,
-    ) -> list[FramePublic]:
+        watch: UploadGuard | None,
+    ) -> _Submitted:
+        """Detect the chunk's faces and queue their crops; the scores come later."""
         t0 = time.perf_counter()
         detected = self.faces.detect([f.image for f in chunk])
         _stage(timings, "faces", t0)
@@ -130,7 +148,19 @@ class JobRunner:
         futures: list[Future[ScoredCrop]] = self.batcher.submit_many(items, expired=cancelled)
         if watch is not None:  # fingerprints of the crops g sees, while the batcher scores them
             watch.observe([item.crop for item in items])
-        scored = [f.result(timeout=SCORE_TIMEOUT_S) for f in futures]
+        return _Submitted(chunk, detected, futures)
+
+    def _collect(
+        self,
+        job: JobRecord,
+        sub: _Submitted,
+        total: int,
+        timings: dict[str, float],
+        tracker: FaceTracker,
+    ) -> list[FramePublic]:
+        """Wait for a submitted chunk's scores; build, store and return its frames."""
+        chunk, detected = sub.chunk, sub.detected
+        scored = [f.result(timeout=SCORE_TIMEOUT_S) for f in sub.futures]
         for s in scored:
             for stage, ms in s.cost_ms.items():
                 timings[stage] += ms
