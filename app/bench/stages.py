@@ -50,15 +50,15 @@ def mtcnn_figures(faces: FaceDetector, n_frames: int, repeats: int,
 
 def e2e_figures(settings: Settings, analyzer: Analyzer, faces: FaceDetector, n_frames: int,
                 repeats: int, video: Path = SAMPLE_VIDEO) -> list[Figure]:
-    """Seconds per video for ``n_frames`` sampled frames of the bundled clip (median; one
-    untimed run first when ``repeats`` > 1), and the stages' ms of the last result."""
+    """Seconds per video for ``n_frames`` sampled frames of the bundled clip (median, after
+    one untimed run: the first analysis pays ~1.5 s of one-off setup), and the stages' ms of
+    the last result."""
     limits = MediaLimits.from_settings(settings)
 
     def analyze() -> AnalysisResult:
         return analyze_source(open_media(video, limits, n_frames), analyzer, faces)
 
-    if repeats > 1:
-        analyze()
+    analyze()
     times: list[float] = []
     for _ in range(repeats):
         t0 = time.perf_counter()
