@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     explain_fake: bool = Field(
         True, description="heatmap of g's fake logit for faces g called fake (no d on it)"
     )
+    fold_batchnorm: bool = Field(
+        True, description="serve g and d with BatchNorm folded into the convs (app.models.fast)"
+    )
     xai_fused: XaiFused = Field(
         "auto", description="Saliency/Input×Gradient from g's own forward (app.pipeline.fused): "
         "auto = when most faces need a map, on, off"

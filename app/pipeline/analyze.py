@@ -20,6 +20,7 @@ import torch
 from app.config import Settings, XaiFused
 from app.device import configure_threads, resolve_device
 from app.media import SampledFrame
+from app.models.fast import fold_batchnorm
 from app.models.store import ModelBundle, load_bundle
 from app.pipeline.explain import Explainer, attribution_to_map, map_to_image
 from app.pipeline.faces import DetectedFace
@@ -103,6 +104,7 @@ class Analyzer:
         threads: int = 0,
         explain_fake: bool = False,
         xai_fused: XaiFused = "auto",
+        fold_bn: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -110,6 +112,9 @@ class Analyzer:
         self.device = device
         self.detector = bundle.detector.to(device).eval()
         self.adversarial = bundle.adversarial.to(device).eval()
+        if fold_bn:  # same function, fewer memory passes (app/models/fast.py)
+            self.detector.net = fold_batchnorm(self.detector.net)
+            self.adversarial.net = fold_batchnorm(self.adversarial.net)
         self.thresholds = thresholds
         self.xai_method = xai_method
         self.explain_fake = explain_fake  # also map the fake logit of fake-called faces (UI)
@@ -144,7 +149,7 @@ class Analyzer:
         return cls(bundle, dev, resolve_thresholds(bundle, settings), settings.xai_method,
                    settings.amp, backend=settings.backend, models_dir=settings.models_dir,
                    threads=settings.torch_threads, explain_fake=settings.explain_fake,
-                   xai_fused=settings.xai_fused)
+                   xai_fused=settings.xai_fused, fold_bn=settings.fold_batchnorm)
 
     @property
     def device_label(self) -> str:
