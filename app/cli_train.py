@@ -291,6 +291,29 @@ def evaluate(
     _print_summary(summary)
 
 
+@train_app.command("robust")
+@user_errors
+def robust_cmd(
+    data: Annotated[Path, typer.Argument(help="crop dataset (its test split is used)")],
+    detector_run: Annotated[Path, typer.Argument(help="run dir of g, or a store entry name")],
+    d_run: Annotated[Path, typer.Argument(help="run dir of d")],
+    out_dir: Annotated[Path, typer.Option(help="report folder")] = Path("reports/robust-d"),
+    limit_fake: Annotated[int, typer.Option(min=1, help="test fakes drawn")] = 40,
+    limit_real: Annotated[int, typer.Option(min=1, help="test reals drawn")] = 120,
+    lofo: Annotated[Path | None, typer.Option(help="lofo.json of `train lofo` to include")]
+        = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Section (h) alone: d per attack x budget, benign false alarms, torchattacks, LOFO."""
+    from app.training.robust_report import robust_report
+
+    with stage_progress("robust") as cb:
+        report = robust_report(data, detector_run, d_run, out_dir, limit_fake, limit_real,
+                               lofo, seed=seed, device=device, progress=cb)
+    _print_summary({"report": str(out_dir / "report.md"), "targets": report["targets"]})
+
+
 @train_app.command("lofo")
 @user_errors
 def lofo_cmd(

@@ -225,3 +225,18 @@ def test_robust_section_on_held_out_faces_with_both_libraries(work: Path, d_far:
     ind = sec["independent"]
     assert [r["attack"] for r in ind["rows"]] == ["ta_pgd", "ta_mifgsm", "ta_apgd", "ta_square"]
     assert all(r["fooled_g"] <= r["attempted"] for r in ind["rows"])
+
+
+def test_robust_report_writes_section_h_and_its_targets(work: Path, d_far: Path) -> None:
+    from app.training.robust_report import robust_report
+
+    jobs = [EvalJob("pgd@16", "pgd", {"eps": 16 / 255, "iters": 5}, 16)]
+    out = work / "robust-report"
+    rep = robust_report(work / "data", work / "g", d_far, out, limit_fake=8, limit_real=8,
+                        jobs=jobs, batch_size=8, device="cpu")
+    md = (out / "report.md").read_text()
+    data = json.loads((out / "report.json").read_text())
+    assert data["targets"] == json.loads(json.dumps(rep["targets"]))
+    assert [t["name"] for t in data["targets"]][-1].startswith("leave-one-family-out")
+    assert data["robust"]["setup"]["test_fakes_selected"] <= 8
+    assert "## Targets" in md and "### (h.a) detection per attack" in md and "pgd@16" in md
