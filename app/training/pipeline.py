@@ -66,7 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # benign-corrupted copy per real (attack_mix.py, benign.py): PGD alone taught d one
         # optimiser's fingerprint (random-start PGD passed it 80–90 % of the time).
         "attack": {"attack": "pgd", "train_attacks": list(DEFAULT_MIX),
-                   "eps_grid": list(EPS_GRID), "benign": 2, "upload_copies": 1, "batch_size": 32,
+                   "eps_grid": list(EPS_GRID), "benign": 1, "upload_copies": 0, "batch_size": 32,
                    "limit": 600, "limit_real": 600},
         "adversarial": {"arch": "detect_resnet10t", "xai": ["saliency"],
                         "modes": ["finetune", "frozen"], "epochs": 10, "batch_size": 32,
@@ -85,10 +85,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "calls fake are attacked) and 120 test reals.",
             "only Saliency d is trained in the demo: other XAI columns read 'not run'. The "
             "transfer target (d) is regnetx002_df, trained with g's recipe.",
-            "d's attacked class mixes every attack family over eps 1/2/4/8/16 (DDN over L2 1/2/4), "
-            "plus one JPEG / rescaled copy of each attacked crop that still fools g (the "
-            "upload path); its clean class holds two benign-corrupted copies of each real; "
-            "tau_attacked allows "
+            "d's attacked class mixes every attack family over eps 2/4/8/16 (DDN over L2 1/2/4), "
+            "its clean class holds one benign-corrupted copy of each real; tau_attacked allows "
             "3 % false alarms on the val clean class. Section (h) tests d per family and "
             "budget, on benign corruptions, on torchattacks and leave-one-family-out.",
         ],
