@@ -56,7 +56,7 @@ def naive_figures(arch: ArchSet, n_faces: int, repeats: int, seed: int = 0) -> l
     rng = np.random.default_rng(seed)
     crops: Sequence[np.ndarray] = list(
         rng.integers(0, 256, size=(n_faces, a.crop_size, a.crop_size, 3), dtype=np.uint8))
-    naive = NaivePipeline(a.detector, a.adversarial)
+    naive = NaivePipeline(a.bundle.detector, a.bundle.adversarial)  # as loaded: BN unfolded
     all_real = Thresholds.model_construct(tau_fake=2.0, tau_attacked=a.thresholds.tau_attacked)
     batched = Analyzer(a.bundle, a.device, all_real, "saliency", amp=a.amp, xai_fused="auto")
     naive_s, _ = _time_stage(lambda: [naive.face(c, a.device) for c in crops], a.device,

@@ -13,9 +13,14 @@ network fx cannot trace (data-dependent control flow) is served unchanged.
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 from torch import nn
 from torch.fx.experimental.optimization import fuse
+
+from app.models.wrappers import Wrapped
+
+W = TypeVar("W", bound=Wrapped)
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +41,13 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
         log.info("batchnorm folding skipped for %s: %s", type(net).__name__, exc)
         return net
     return folded.eval()
+
+
+def folded_model(model: W) -> W:
+    """A new wrapper of ``model``'s spec around its folded net; ``model`` stays as it was
+    (the bundle it came from is shared, e.g. by the naive pipeline of ``bench all``)."""
+    net = fold_batchnorm(model.net)
+    if net is model.net:
+        return model
+    device = next(model.parameters()).device
+    return type(model)(model.spec, net).to(device).eval()

@@ -20,7 +20,7 @@ import torch
 from app.config import Settings, XaiFused
 from app.device import configure_threads, resolve_device
 from app.media import SampledFrame
-from app.models.fast import fold_batchnorm
+from app.models.fast import folded_model
 from app.models.store import ModelBundle, load_bundle
 from app.pipeline.explain import Explainer, attribution_to_map, map_to_image
 from app.pipeline.faces import DetectedFace
@@ -115,8 +115,8 @@ class Analyzer:
         self.detector = bundle.detector.to(device).eval()
         self.adversarial = bundle.adversarial.to(device).eval()
         if fold_bn:  # same function, fewer memory passes (app/models/fast.py)
-            self.detector.net = fold_batchnorm(self.detector.net)
-            self.adversarial.net = fold_batchnorm(self.adversarial.net)
+            self.detector = folded_model(self.detector)
+            self.adversarial = folded_model(self.adversarial)
         self.thresholds = thresholds
         self.xai_method = xai_method
         self.explain_fake = explain_fake  # also map the fake logit of fake-called faces (UI)
