@@ -337,7 +337,7 @@ def _one_split(
             results.append(res)
             per_job.setdefault(job.label, []).append(res)
             rows += _attacked_rows(ctx, recs, sel.tolist(), start, job.label, p_fake, res)
-            rows += _upload_rows(ctx, recs, sel.tolist(), start, job.label, p_fake, res)
+            rows += _upload_rows(ctx, recs, x_fake, sel.tolist(), start, job.label, p_fake, res)
     merged = AttackedBatch.cat(results)
     stats = {"real": len(reals), "real_called_real": n_clean, "benign_kept": n_benign,
              "fake": len(fakes), "fake_called_fake": n_caught, **merged.stats(),
@@ -391,8 +391,8 @@ def _attacked_rows(
 
 
 def _upload_rows(
-    ctx: _SplitCtx, recs: list[dict[str, Any]], picked: list[int], start: int, label: str,
-    p_fake: torch.Tensor, res: AttackedBatch,
+    ctx: _SplitCtx, recs: list[dict[str, Any]], x_fake: torch.Tensor, picked: list[int],
+    start: int, label: str, p_fake: torch.Tensor, res: AttackedBatch,
 ) -> list[dict[str, Any]]:
     """Upload-path copies (JPEG / rescale) of the kept attacked crops that still fool g."""
     kept = [j for j in range(len(picked)) if res.fooled[j]]
@@ -405,7 +405,7 @@ def _upload_rows(
         src = picked[kept[i]]
         path = f"{ctx.split}/attacked/{start + src:06d}_u{k}.png"
         write_png(ctx.out / path, img)
-        orig = to_uint8(load_crops(ctx.root, [recs[src]], ctx.size)[0])
+        orig = to_uint8(x_fake[src])
         linf = float(np.abs(img.astype(np.int16) - orig).max()) / 255
         rows.append(_row(recs[src], path, 1, ctx.split, f"{label}+{name}",
                          float(p_fake[src]), p, linf, None))

@@ -16,23 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 
-from app.training.benign import jpeg
+from app.training.benign import jpeg, resample
 from app.training.common import to_tensor
 
 JPEG_QUALITY = (70, 96)  # [lo, hi) of the re-encode quality
 RESCALE = (0.6, 1.0)  # face size at upload relative to g's input (area filter back up to it)
-
-
-def rescale(img: np.ndarray, factor: float) -> np.ndarray:
-    """The face at ``factor`` × its size, then resampled back as the service's cropper does."""
-    h, w = img.shape[:2]
-    small = cv2.resize(img, (max(int(w * factor), 8), max(int(h * factor), 8)),
-                       interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def upload_copy(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
@@ -41,7 +32,7 @@ def upload_copy(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     name = []
     if kind >= 1:
         f = float(rng.uniform(*RESCALE))
-        img = rescale(img, f)
+        img = resample(img, f)  # the face at f x its size, then back up to g's input
         name.append(f"rescale{f:.2f}")
     if kind != 1:
         q = int(rng.integers(*JPEG_QUALITY))
