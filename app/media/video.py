@@ -260,12 +260,11 @@ class FrameSampler:
             self.target = goal = target
             if target - max(self.last_decoded_ts, 0.0) > self.seek_min_gap_s:
                 hit, jumped = self._jump(container, stream, target, last_ts)
+                frames = jumped or frames
                 if hit is not None:
                     yield self._convert(emitted, *hit)
                     emitted, last_ts, pending = emitted + 1, hit[1], None
-                    frames = jumped or frames
                     continue
-                frames = jumped or frames
                 self.target = goal = target - self.window_s
             for item in frames:
                 idx, ts, frame = item
@@ -329,7 +328,9 @@ class FrameSampler:
     def _raw_frames(self, container, stream, skip: bool) -> Iterator[av.VideoFrame]:
         packets = container.demux(stream)
         consecutive_bad = 0
+        # The decoder outlives this generator (a seek starts a new one): start from DEFAULT.
         ctx, skipping = stream.codec_context, False
+        ctx.skip_frame = "DEFAULT"
         while True:
             try:
                 packet = next(packets)
