@@ -256,16 +256,19 @@ class FrameSampler:
         frames = self._decoded(container, stream, indexed=True)
         emitted, last_ts = 0, -math.inf
         pending = None  # newest decoded frame not yet emitted, kept for the end of stream
-        for target in self.targets:
+        for k, target in enumerate(self.targets):
             self.target = goal = target
+            # The last sample stays exact: the samples must reach the end of the clip (a
+            # header's frame rate can put the last target well before the last frame).
+            window = self.window_s if k < len(self.targets) - 1 else 0.0
             if target - max(self.last_decoded_ts, 0.0) > self.seek_min_gap_s:
-                hit, jumped = self._jump(container, stream, target, last_ts)
+                hit, jumped = self._jump(container, stream, target, last_ts, window)
                 frames = jumped or frames
                 if hit is not None:
                     yield self._convert(emitted, *hit)
                     emitted, last_ts, pending = emitted + 1, hit[1], None
                     continue
-                self.target = goal = target - self.window_s
+                self.target = goal = target - window
             for item in frames:
                 idx, ts, frame = item
                 if ts >= goal - _TOL_S and ts > last_ts:
@@ -281,12 +284,13 @@ class FrameSampler:
                 break
         self._finish(emitted)
 
-    def _jump(self, container, stream, target: float, last_ts: float):
-        """Seek for ``target``: (a keyframe to emit or None, the frames to decode on from)."""
+    def _jump(self, container, stream, target: float, last_ts: float, window: float):
+        """Seek for ``target``: (a keyframe within ``window`` s to emit or None, the frames
+        to decode on from)."""
         frames = self._seek(container, stream, target)
-        if frames is None or self.window_s <= 0:
+        if frames is None or window <= 0:
             return None, frames
-        lo, hi = target - self.window_s - _TOL_S, target + self.window_s + _TOL_S
+        lo, hi = target - window - _TOL_S, target + window + _TOL_S
         before = next(frames, None)
         if before is not None and lo <= before[1] and before[1] > last_ts:
             return before, frames
