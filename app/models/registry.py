@@ -13,7 +13,9 @@ from torch import nn
 
 # "backbone": a pretrained trunk that g and d start from; never served as g or d itself.
 # "generator": a face-manipulation model that `dfshield protect` defends against (app.protect).
-Role = Literal["detector", "adversarial", "backbone", "generator"]
+# "purifier": the attacker's learned denoiser that protection must survive (app.protect).
+Role = Literal["detector", "adversarial", "backbone", "generator", "purifier"]
+IMAGE_TO_IMAGE: tuple[Role, ...] = ("generator", "purifier")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -57,7 +59,7 @@ def register_model(
 def _ensure_loaded() -> None:
     # Importing the architecture modules runs their @register_model decorators.
     from app.models import adversarial, detectors, face_resnet  # noqa: F401
-    from app.protect import generators  # noqa: F401
+    from app.protect import denoiser, generators  # noqa: F401
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -71,19 +73,21 @@ def get_spec(name: str) -> ModelSpec:
 
 def list_models(role: Role | None = None) -> list[str]:
     """Registered names of ``role``; with no role, every network that scores or embeds a crop.
-    Generators (image in, image out) are listed only when asked for by role."""
+    Generators and purifiers (image in, image out) are listed only when asked for by role."""
     _ensure_loaded()
     return sorted(n for n, s in _REGISTRY.items()
-                  if s.role == role or (role is None and s.role != "generator"))
+                  if s.role == role or (role is None and s.role not in IMAGE_TO_IMAGE))
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
     """Build a wrapped model (resize + normalise inside), random init, eval mode, on CPU."""
     from app.models.wrappers import AdversarialDetector, Detector, Embedder
+    from app.protect.denoiser import Denoiser
     from app.protect.generators import FaceGenerator
 
     spec = get_spec(name)
     net = spec.build(**kwargs)
     wrapper_cls = {"detector": Detector, "adversarial": AdversarialDetector,
-                   "backbone": Embedder, "generator": FaceGenerator}[spec.role]
+                   "backbone": Embedder, "generator": FaceGenerator,
+                   "purifier": Denoiser}[spec.role]
     return wrapper_cls(spec, net).eval()

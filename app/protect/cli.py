@@ -1,4 +1,5 @@
-"""``dfshield protect IMAGE``, ``dfshield protect evaluate`` and ``dfshield train generator``.
+"""``dfshield protect IMAGE``, ``dfshield protect evaluate``, ``dfshield train generator`` and
+``dfshield train denoiser``.
 
 ``protect`` is a group whose default command is the image one: ``dfshield protect photo.jpg
 --out p.png`` runs ``protect image photo.jpg --out p.png``; ``evaluate`` is the only named
@@ -41,6 +42,7 @@ protect_app = typer.Typer(cls=_DefaultImageGroup, no_args_is_help=True,
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     app.add_typer(protect_app, name="protect")
     train_app.command("generator")(train_generator_cmd)
+    train_app.command("denoiser")(train_denoiser_cmd)
 
 
 def _fail(code: str, message: str, exit_code: int) -> typer.Exit:
@@ -84,6 +86,42 @@ def train_generator_cmd(
     file = publish_generator(model, record, models_dir or get_settings().models_dir, name,
                              held_out)
     console.print_json(json.dumps({"published": name, "file": file, **_summary(record)}))
+
+
+def train_denoiser_cmd(
+    data: Annotated[Path, typer.Argument(help="demo crop dataset (`dfshield train demo-data`)")],
+    name: Annotated[str, typer.Option(help="manifest entry name")] = "dfshield-purifier-dncnn",
+    steps: Annotated[int, typer.Option(min=1)] = 2500,
+    seed: Annotated[int, typer.Option()] = 0,
+    models_dir: Annotated[Path | None, typer.Option(help="model store folder")] = None,
+    time_limit_s: Annotated[float, typer.Option(help="stop training after this long")] = 450.0,
+) -> None:
+    """Train the attacker's learned purifier (a small residual denoiser) on the corpus's real
+    train faces with adversarial-looking noise and publish it (role ``purifier``)."""
+    import shlex
+    import sys
+
+    from app.protect.train_denoiser import (
+        DenoiserTrainConfig,
+        publish_denoiser,
+        train_denoiser,
+    )
+
+    cfg = DenoiserTrainConfig(data, steps=steps, seed=seed, time_limit_s=time_limit_s)
+    try:
+        with _bar() as bar:
+            task = bar.add_task("training denoiser", total=steps)
+            model, record = train_denoiser(cfg, lambda d, t: bar.update(task, completed=d))
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        raise _fail("bad_input", str(exc), EXIT_BAD_INPUT) from None
+    # Provenance: the exact command line that produced the published weights.
+    command = "dfshield train denoiser " + shlex.join(sys.argv[sys.argv.index("denoiser") + 1:]
+                                                      if "denoiser" in sys.argv else [])
+    file = publish_denoiser(model, record, models_dir or get_settings().models_dir, name,
+                            command)
+    console.print_json(json.dumps({"published": name, "file": file,
+                                   **{k: record[k] for k in ("steps_done", "seconds",
+                                                             "final_loss", "held_out_psnr")}}))
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
