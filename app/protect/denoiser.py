@@ -37,9 +37,14 @@ class DnCNN(nn.Module):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(width, 3, 3, padding=1))
         self.body = nn.Sequential(*layers)
-        # Start at the identity map (zero residual): early training cannot damage clean faces.
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
+        # He init keeps the ReLU stack's activations alive (PyTorch's default shrinks them
+        # layer by layer, and training then collapsed to a zero residual); the last layer
+        # starts near zero, so the net starts near the identity map.
+        for m in self.body:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.body[-1].weight, std=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
