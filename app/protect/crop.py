@@ -97,6 +97,13 @@ def view(image: torch.Tensor, box: CropBox, size: int, scale: float,
     A rescale of the whole photo by ``scale`` is, for this crop, a resize of the region to
     ``scale * side`` pixels before the final resize to ``size``.
     """
+    return to_size(region_view(image, box, scale, quality), size)
+
+
+def region_view(image: torch.Tensor, box: CropBox, scale: float,
+                quality: int | None) -> torch.Tensor:
+    """The crop's region after the photo's rescale and JPEG, still at photo resolution (where
+    an attacker's purifier would run)."""
     x1, y1, x2, y2 = box
     region = image[:, :, y1:y2, x1:x2]
     side = max(8, int(round((x2 - x1) * scale)))
@@ -105,4 +112,9 @@ def view(image: torch.Tensor, box: CropBox, size: int, scale: float,
                                antialias=side < region.shape[-1])
     if quality is not None:
         region = jpeg_straight_through(region, quality)
+    return region
+
+
+def to_size(region: torch.Tensor, size: int) -> torch.Tensor:
+    """A whole square region resized to the generator's input."""
     return crop_resize(region, (0, 0, region.shape[-1], region.shape[-2]), size)

@@ -38,6 +38,8 @@ class EvalConfig:
     seed: int = 0
     max_faces_per_photo: int = 5
     save_dir: Path | None = None  # protected PNGs kept for the persistence protocol
+    purifier_eot: bool = False  # stage 1 through the protector's learned purifier too
+    hf_weight: float = 0.0
 
 
 def jpeg(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
@@ -49,7 +51,8 @@ def jpeg(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
 def face_rows(protector: Protector, held_out: Sequence[FaceGenerator], name: str,
               rgb: np.ndarray, mode: str, eps: float, cfg: EvalConfig) -> list[dict[str, Any]]:
     opts = ProtectOptions(mode=mode, eps=eps, steps=cfg.steps,  # type: ignore[arg-type]
-                          poison_steps=cfg.poison_steps, seed=cfg.seed)
+                          poison_steps=cfg.poison_steps, seed=cfg.seed,
+                          purifier_eot=cfg.purifier_eot, hf_weight=cfg.hf_weight)
     t0 = time.monotonic()
     result = protector.protect(rgb, opts)
     seconds = time.monotonic() - t0

@@ -6,6 +6,15 @@ generator's internal code, normalised by its clean energy so that both terms are
 weight 0.1: on the bundled generators a larger weight lowered the output distortion measured
 by ``L2_mask``). Generators are weighted equally. Each step averages over ``eot_samples``
 random views (``crop.Eot``): the perturbation must survive a rescale, another crop box, JPEG.
+
+Optionally (``purifier``, off by default) a view also goes, with probability ``p_purify``,
+through the attacker's learned denoiser (:mod:`app.protect.denoiser`) at photo resolution
+before the generator, so the perturbation is optimised to distort the generator *after*
+purification; the reference is then the generator's output on the purified original, as in
+the purification evaluation. AntiPure's patch-wise frequency guidance, reduced to this
+setting: ``hf_weight`` adds the mean high-band FFT magnitude, per ``hf_patch`` px patch, of
+the perturbation that survives the denoiser (in units of eps), so PGD favours perturbations
+the denoiser cannot smooth away.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from app.protect.budget import project
-from app.protect.crop import CropBox, Eot, sample_view, view
+from app.protect.crop import CropBox, Eot, region_view, sample_view, to_size
 from app.protect.generators import Generator
 
 Progress = Callable[[int, int], None]
@@ -33,6 +42,10 @@ class PgdConfig:
     eot_samples: int = 1  # a fresh random view every step: EOT across steps
     eot: Eot = field(default_factory=Eot)
     seed: int = 0
+    purifier: Callable[[torch.Tensor], torch.Tensor] | None = None  # the attacker's denoiser
+    p_purify: float = 0.5  # share of views that go through it (the rest: no purification)
+    hf_weight: float = 0.0  # patch-wise high-frequency guidance (with a purifier only)
+    hf_patch: int = 8
 
     @property
     def alpha(self) -> float:
@@ -54,6 +67,21 @@ def distortion(gens: Sequence[Generator], adv: torch.Tensor, clean: torch.Tensor
     return total / max(len(gens), 1)
 
 
+def patch_high_freq(residual: torch.Tensor, patch: int = 8) -> torch.Tensor:
+    """Mean magnitude of the high band (above a quarter of the patch's Nyquist frequency in
+    either axis) of ``residual``'s orthonormal 2-D FFT, per ``patch`` x ``patch`` patch,
+    averaged over patches; differentiable."""
+    _, c, h, w = residual.shape
+    h, w = h - h % patch, w - w % patch
+    if h == 0 or w == 0:
+        return residual.new_zeros(())
+    tiles = residual[:, :, :h, :w].unfold(2, patch, patch).unfold(3, patch, patch)
+    spec = torch.fft.fft2(tiles, norm="ortho").abs()  # [..., patch, patch]
+    f = torch.fft.fftfreq(patch).abs()
+    high = (f.view(-1, 1) > 0.125) | (f.view(1, -1) > 0.125)
+    return spec[..., high].mean()
+
+
 def view_loss(image: torch.Tensor, adv: torch.Tensor, boxes: Sequence[CropBox],
               gens: Sequence[Generator], cfg: PgdConfig, rng: np.random.Generator) -> torch.Tensor:
     """Distortion of every generator over ``cfg.eot_samples`` random views of each face."""
@@ -61,8 +89,17 @@ def view_loss(image: torch.Tensor, adv: torch.Tensor, boxes: Sequence[CropBox],
     for box in boxes:
         for _ in range(cfg.eot_samples):
             jbox, scale, quality = sample_view(image, box, cfg.eot, rng)
-            clean = view(image, jbox, GEN_SIZE, scale, quality)
-            loss = loss + distortion(gens, view(adv, jbox, GEN_SIZE, scale, quality), clean)
+            clean = region_view(image, jbox, scale, quality)
+            moved = region_view(adv, jbox, scale, quality)
+            # Drawn only with a purifier: the default EOT's random stream stays as it was.
+            if cfg.purifier is not None and rng.random() < cfg.p_purify:
+                with torch.no_grad():
+                    clean = cfg.purifier(clean)
+                moved = cfg.purifier(moved)
+                if cfg.hf_weight:
+                    hf = patch_high_freq(moved - clean, cfg.hf_patch) / cfg.eps
+                    loss = loss + cfg.hf_weight * hf
+            loss = loss + distortion(gens, to_size(moved, GEN_SIZE), to_size(clean, GEN_SIZE))
     return loss
 
 

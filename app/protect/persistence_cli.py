@@ -41,7 +41,7 @@ def run_persistence(media: Sequence[Path], protected_dir: Path, eps: float, step
     protected = {"none": originals, **load_protected(protected_dir, eps, list(originals))}
     (gen,) = load_generators(models_dir)
     _purification(gen, load_generators(models_dir, held_out=True), detector, protected,
-                  victims, eps, out_dir)
+                  victims, eps, out_dir, models_dir)
     rows = run_protocol(gen, protected, victims, detector, data_root, steps)
     flat = [{**{k: v for k, v in r.items() if not k.startswith("success")},
              "success_before": float(np.mean(r["success_before"])),
@@ -54,12 +54,13 @@ def run_persistence(media: Sequence[Path], protected_dir: Path, eps: float, step
 
 def _purification(gen: Any, held_out: Sequence[Any], detector: Any,
                   protected: dict[str, dict[str, np.ndarray]], victims: Sequence[Victim],
-                  eps: float, out_dir: Path) -> None:
+                  eps: float, out_dir: Path, models_dir: Path | None = None) -> None:
     from app.protect import purification
 
     gens = [gen, *held_out]
     rows = purification.purification_rows(
-        gens, detector, {k: v for k, v in protected.items() if k != "none"}, victims)
+        gens, detector, {k: v for k, v in protected.items() if k != "none"}, victims,
+        purification.purifiers_for(models_dir))
     write_csv(out_dir / "purification.csv", rows)
     (out_dir / "purification.md").write_text(
         purification.to_markdown(rows, eps, [g.name for g in gens]))

@@ -52,6 +52,8 @@ class ProtectOptions:
     eot: Eot = field(default_factory=Eot)
     seed: int = 0
     deadline_s: float | None = None
+    purifier_eot: bool = False  # stage 1 through the Protector's purifier too
+    hf_weight: float = 0.0  # AntiPure's patch-wise high-frequency guidance (with purifier_eot)
 
 
 @dataclass
@@ -61,13 +63,16 @@ class ProtectResult:
 
 
 class Protector:
-    """Generators + the face detector, loaded once; ``protect(rgb)`` per photo."""
+    """Generators + the face detector (+ optionally the attacker's purifier), loaded once;
+    ``protect(rgb)`` per photo."""
 
-    def __init__(self, generators: Sequence[Generator], faces: FaceDetector) -> None:
+    def __init__(self, generators: Sequence[Generator], faces: FaceDetector,
+                 purifier: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if not generators:
             raise ValueError("protection needs at least one generator")
         self.generators = list(generators)
         self.faces = faces
+        self.purifier = purifier
         self.mtcnn_loss = MtcnnLoss(faces.mtcnn)
 
     def protect(self, rgb: np.ndarray, opts: ProtectOptions,
@@ -115,7 +120,8 @@ class Protector:
         mask = region_mask(image.shape, crop_boxes)
         share = 1.0 if opts.mode == "interrupt" else opts.interruption_share
         cfg1 = PgdConfig(eps=opts.eps * share, steps=opts.steps, eot_samples=opts.eot_samples,
-                         eot=opts.eot, seed=opts.seed)
+                         eot=opts.eot, seed=opts.seed, purifier=self._purifier(opts),
+                         hf_weight=opts.hf_weight)
         with torch.enable_grad():
             d1, done1 = interruption(image, crop_boxes, self.generators, cfg1, mask,
                                      progress=_stage(progress, "interruption"), stop=stop)
@@ -132,6 +138,14 @@ class Protector:
                                          keep=keep, keep_weight=opts.keep_weight,
                                          frame_hw=(int(frame_hw[0]), int(frame_hw[1])))
         return delta, done1 + done2, opts.steps + opts.poison_steps
+
+    def _purifier(self, opts: ProtectOptions) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if not opts.purifier_eot:
+            return None
+        if self.purifier is None:
+            raise ValueError("purifier_eot needs a purifier: publish one with `dfshield train "
+                             "denoiser` and load it into the Protector")
+        return self.purifier
 
     def measure(self, original: np.ndarray, protected: np.ndarray,
                 detected: list[DetectedFace], opts: ProtectOptions) -> ProtectReport:

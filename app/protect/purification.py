@@ -1,6 +1,7 @@
 """Purification resistance (AntiPure's concern, reduced): does the protection survive the
-attacker cleaning the photo first? Fixed purifiers only (JPEG 75/90, resize to 0.5x and back,
-Gaussian blur); the learned denoiser of the issue is not built.
+attacker cleaning the photo first? Fixed purifiers (JPEG 75/90, resize to 0.5x and back,
+Gaussian blur) and, when the model store has one (role ``purifier``), the learned denoiser
+trained here (``dfshield train denoiser``, :mod:`app.protect.denoiser`), run on the whole photo.
 
 Reference for each purifier: the generator's output on the *purified original*, so that what
 is measured is the protection left after purification, not the purifier's own change.
@@ -9,6 +10,7 @@ is measured is the protection left after purification, not the purifier's own ch
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -40,13 +42,29 @@ PURIFIERS: dict[str, Purifier] = {
 }
 
 
+def purifiers_for(models_dir: Path | None) -> dict[str, Purifier]:
+    """The fixed purifiers, plus ``denoiser`` when ``models_dir`` lists a learned one."""
+    from app.protect.denoiser import load_denoiser
+
+    denoiser = load_denoiser(models_dir) if models_dir is not None else None
+    if denoiser is None:
+        return dict(PURIFIERS)
+    return {**PURIFIERS, "denoiser": denoiser.purify_rgb}
+
+
 def purification_rows(gens: Sequence[FaceGenerator], detector: FaceDetector,
                       protected: dict[str, dict[str, np.ndarray]],
-                      victims: Sequence[Victim]) -> list[dict[str, Any]]:
+                      victims: Sequence[Victim],
+                      purifiers: dict[str, Purifier] | None = None) -> list[dict[str, Any]]:
     rows = []
+    purifiers = PURIFIERS if purifiers is None else purifiers
+    # Originals are purified once per purifier (the learned one takes seconds a photo).
+    originals = {v.photo: v.original for v in victims}
+    clean_by = {pname: {k: purify(rgb) for k, rgb in originals.items()}
+                for pname, purify in purifiers.items()}
     for cond, photos in protected.items():
-        for pname, purify in PURIFIERS.items():
-            clean_p = {v.photo: purify(v.original) for v in victims}
+        for pname, purify in purifiers.items():
+            clean_p = clean_by[pname]
             prot_p = {name: purify(rgb) for name, rgb in photos.items()}
             dets = {name: [b for b, _ in mtcnn_boxes(detector, rgb)]
                     for name, rgb in prot_p.items()}
@@ -66,8 +84,9 @@ def to_markdown(rows: list[dict[str, Any]], eps: float, gens: Sequence[str]) -> 
              "original; MTCNN recall at IoU >= 0.7. Bootstrap 95 % CIs over faces.", "",
              "| condition | purifier | " + " | ".join(cols) + " |",
              "|---|---|" + "---|" * len(cols)]
+    order = list(dict.fromkeys(r["purifier"] for r in rows))  # as evaluated
     keys = sorted({(r["condition"], r["purifier"]) for r in rows},
-                  key=lambda k: (k[0], list(PURIFIERS).index(k[1])))
+                  key=lambda k: (k[0], order.index(k[1])))
     for cond, pur in keys:
         sel = [r for r in rows if (r["condition"], r["purifier"]) == (cond, pur)]
         cells = []

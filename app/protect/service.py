@@ -11,6 +11,7 @@ import io
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -19,6 +20,9 @@ from app.config import Settings, get_settings
 from app.protect.protector import NoFaceFound, Progress, ProtectOptions, Protector, ProtectResult
 from app.protect.report import Mode
 from app.protect.settings import ProtectSettings, get_protect_settings
+
+if TYPE_CHECKING:
+    from app.protect.denoiser import Denoiser
 
 
 class ProtectError(Exception):
@@ -69,7 +73,8 @@ def options_from(mode: str | None = None, eps: float | None = None, steps: int |
     m: Mode = mode  # type: ignore[assignment]
     return ProtectOptions(mode=m, eps=eps, steps=steps or ps.steps,
                           poison_steps=steps or ps.poison_steps, eot_samples=ps.eot_samples,
-                          interruption_share=ps.interruption_share, deadline_s=deadline_s)
+                          interruption_share=ps.interruption_share, deadline_s=deadline_s,
+                          purifier_eot=ps.purifier_eot, hf_weight=ps.hf_weight)
 
 
 _lock = threading.Lock()
@@ -88,14 +93,31 @@ def protector_for(models_dir: Path | None = None, settings: Settings | None = No
         if str(folder) not in _cache:
             try:
                 gens = load_generators(folder)
+                purifier = _purifier(folder)
             except ModelStoreError as exc:
                 raise ProtectError("model_error", " ".join(str(exc).split()), 503, 1) from None
             faces = FaceDetector(device="cpu", min_face_size=settings.min_face_size,
                                  max_faces=get_protect_settings().max_faces,
                                  prob_min=settings.face_prob_min, scale=settings.face_scale,
                                  crop_size=64, detect_max_side=settings.face_detect_max_side)
-            _cache[str(folder)] = Protector(gens, faces)
+            _cache[str(folder)] = Protector(gens, faces, purifier)
         return _cache[str(folder)]
+
+
+def _purifier(folder: Path) -> Denoiser | None:
+    """The store's denoiser, loaded only when DFSHIELD_PROTECT_PURIFIER_EOT asks for it (the
+    default path loads nothing new)."""
+    from app.models.store import ModelStoreError
+    from app.protect.denoiser import load_denoiser
+
+    if not get_protect_settings().purifier_eot:
+        return None
+    purifier = load_denoiser(folder)
+    if purifier is None:
+        raise ModelStoreError(f"DFSHIELD_PROTECT_PURIFIER_EOT is on but {folder} lists no "
+                              "model with role 'purifier'; publish one with `dfshield train "
+                              "denoiser` or turn the setting off")
+    return purifier
 
 
 def run_protect(protector: Protector, rgb: np.ndarray, opts: ProtectOptions,

@@ -26,6 +26,12 @@ class ProtectSettings(BaseSettings):
     eot_samples: int = Field(1, ge=1, le=16, description="random views per face and step")
     interruption_share: float = Field(
         0.5, gt=0, le=1, description="tsdf: stage 1's share of eps (the rest hosts the poison)")
+    purifier_eot: bool = Field(
+        False, description="stage 1 also optimises through the learned denoiser (role "
+        "purifier; `dfshield train denoiser`) on half its views; about doubles stage 1's time")
+    hf_weight: float = Field(
+        0.0, ge=0, le=10, description="with purifier_eot: weight of the patch-wise "
+        "high-frequency guidance on the perturbation surviving the denoiser (AntiPure)")
     deadline_s: float = Field(60.0, gt=0, description="POST /v1/protect: optimisation deadline")
     max_pixels: int = Field(12_000_000, ge=256, description="largest photo /v1/protect takes")
     max_faces: int = Field(8, ge=1, description="faces protected per photo, largest first")
