@@ -110,7 +110,8 @@ def models_list(
         rows = [
             {"name": r.entry.name, "role": r.entry.role, "architecture": r.entry.architecture,
              "version": r.entry.version, "trained": r.entry.trained, "default": r.is_default,
-             "onnx": r.entry.onnx is not None, "sha256_ok": bool(r.sha_ok)}
+             "onnx": r.entry.onnx is not None, "grad_graph": r.entry.onnx_grad is not None,
+             "sha256_ok": bool(r.sha_ok)}
             for r in list_entries(folder, verify=True)
         ]
     except ModelStoreError as exc:
@@ -169,6 +170,43 @@ def models_import(
                   soft_wrap=True)
     if report.note:
         err_console.print(f"[yellow]note[/]: {report.note}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("export-grad")
+def models_export_grad(
+    name: Annotated[str, typer.Argument(help="a detector listed in the manifest")],
+    models_dir: Annotated[Path | None, typer.Option(help="model store folder")] = None,
+) -> None:
+    """Export a detector's logits + input-gradient graph (Saliency in ONNX Runtime), check it
+    against captum, and list it in the manifest (served with DFSHIELD_BACKEND=onnx)."""
+    import tempfile
+
+    from app.models.store import ModelStoreError, attach_onnx_grad, load_manifest, load_model
+    from app.training.export import DEFAULT_OPSET, OnnxParityError
+    from app.training.export_grad import GradGraphUnsupported, export_grad_onnx
+
+    folder = models_dir or get_settings().models_dir
+    try:
+        listed = load_manifest(folder).get(name)
+        if listed.role != "detector":
+            raise ModelStoreError(f"model {name!r} is a {listed.role}; only detectors get a "
+                                  "grad graph")
+        model = load_model(folder, listed)
+        with tempfile.TemporaryDirectory() as tmp:
+            info = export_grad_onnx(model, Path(tmp) / "grad.onnx", DEFAULT_OPSET)
+            entry = attach_onnx_grad(folder, name, Path(info["file"]), DEFAULT_OPSET)
+    except (KeyError, ModelStoreError) as exc:
+        raise _fail("model_error", " ".join(str(exc).strip("'\"").split()), 1) from None
+    except (GradGraphUnsupported, OnnxParityError) as exc:
+        raise _fail("grad_graph_rejected", " ".join(str(exc).split()), 1) from None
+    p = info["parity"]
+    console.print(f"parity: max |Δlogit| {p['logits_max_abs_diff']:.2e}; "
+                  f"{p['grad_share_within_rtol_of_captum']:.4%} of gradient pixels within "
+                  f"{p['grad_rtol']:g} of captum; median rel. error vs float64 "
+                  f"{p['graph_vs_float64']['median_rel']:.2e} (captum "
+                  f"{p['captum_vs_float64']['median_rel']:.2e})", highlight=False, soft_wrap=True)
+    console.print(f"{entry.name}: gradient graph {entry.onnx_grad.file if entry.onnx_grad else ''}"
+                  f" listed in {folder}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -67,6 +67,8 @@ class ManifestEntry(_Strict):
     file: RelPath = Field(description="safetensors weights, relative to the models dir")
     sha256: Sha256
     onnx: OnnxArtifact | None = None
+    onnx_grad: OnnxArtifact | None = Field(
+        None, description="detectors: logits + input-gradient graph (app.training.export_grad)")
     preprocess: PreprocessInfo
     thresholds: dict[str, float]
     dtype: Literal["float32", "float16"] = Field(

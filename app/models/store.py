@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -309,6 +310,7 @@ def write_entry(
     onnx_opset: int | None = None,
     set_default: bool | None = None,
     dtype: str = "float32",
+    onnx_grad_path: Path | None = None,
 ) -> ManifestEntry:
     """Publish ``model`` as entry ``name``: weights (and ONNX) + manifest, each atomically.
 
@@ -325,12 +327,10 @@ def write_entry(
     manifest = load_manifest(models_dir) if (models_dir / MANIFEST_NAME).exists() else Manifest()
 
     file, sha = _write_blob(models_dir, name, ".safetensors", _state_bytes(net, dtype))
-    onnx = None
-    if onnx_path is not None:
-        if onnx_opset is None:
-            raise ModelStoreError("onnx_opset is required with onnx_path")
-        onnx_file, onnx_sha = _write_blob(models_dir, name, ".onnx", Path(onnx_path).read_bytes())
-        onnx = {"file": onnx_file, "sha256": onnx_sha, "opset": onnx_opset}
+    if (onnx_path or onnx_grad_path) and onnx_opset is None:
+        raise ModelStoreError("onnx_opset is required with onnx_path / onnx_grad_path")
+    onnx = _onnx_artifact(models_dir, name, ".onnx", onnx_path, onnx_opset)
+    onnx_grad = _onnx_artifact(models_dir, name, ".grad.onnx", onnx_grad_path, onnx_opset)
 
     entry = ManifestEntry.model_validate(
         {
@@ -341,6 +341,7 @@ def write_entry(
             "file": file,
             "sha256": sha,
             "onnx": onnx,
+            "onnx_grad": onnx_grad,
             "preprocess": PreprocessInfo.from_preprocess(spec.preprocess),
             "thresholds": {THRESHOLD_KEY[spec.role]: threshold} if spec.role in THRESHOLD_KEY
             else {},
@@ -360,6 +361,21 @@ def write_entry(
     save_manifest(models_dir, new_manifest)
     if old is not None:
         _remove_unreferenced(models_dir, new_manifest, old)
+    return entry
+
+
+def attach_onnx_grad(models_dir: Path, name: str, path: Path, opset: int) -> ManifestEntry:
+    """Give the listed detector ``name`` its logits + gradient graph (replacing an older one)."""
+    manifest = load_manifest(models_dir)
+    old = _listed_entry(manifest, name)
+    if old.role != "detector":
+        raise ModelStoreError(f"model {name!r} is a {old.role}; only detectors get a grad graph")
+    grad = _onnx_artifact(models_dir, name, ".grad.onnx", path, opset)
+    entry = ManifestEntry.model_validate({**old.model_dump(mode="json"), "onnx_grad": grad})
+    new_manifest = Manifest(default=manifest.default,
+                            models=[entry if m.name == name else m for m in manifest.models])
+    save_manifest(models_dir, new_manifest)
+    _remove_unreferenced(models_dir, new_manifest, old)
     return entry
 
 
@@ -383,11 +399,21 @@ def _updated_defaults(
     return current
 
 
+def _onnx_artifact(models_dir: Path, name: str, suffix: str, path: Path | None,
+                   opset: int | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    file, sha = _write_blob(models_dir, name, suffix, Path(path).read_bytes())
+    return {"file": file, "sha256": sha, "opset": opset}
+
+
+def _files(entry: ManifestEntry) -> list[str]:
+    return [entry.file] + [a.file for a in (entry.onnx, entry.onnx_grad) if a is not None]
+
+
 def _remove_unreferenced(models_dir: Path, manifest: Manifest, old: ManifestEntry) -> None:
-    referenced = {m.file for m in manifest.models} | {
-        m.onnx.file for m in manifest.models if m.onnx is not None
-    }
-    stale = [old.file] + ([old.onnx.file] if old.onnx is not None else [])
+    referenced = {f for m in manifest.models for f in _files(m)}
+    stale = _files(old)
     for rel in stale:
         if rel not in referenced:
             resolve_file(models_dir, rel).unlink(missing_ok=True)

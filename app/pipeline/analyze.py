@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from app.device import configure_threads, resolve_device
 from app.media import SampledFrame
 from app.models.fast import folded_model
 from app.models.store import ModelBundle, load_bundle
+from app.models.wrappers import Detector
 from app.pipeline.explain import Explainer, attribution_to_map, map_to_image
 from app.pipeline.faces import DetectedFace
 from app.pipeline.fused import (
@@ -30,6 +31,7 @@ from app.pipeline.fused import (
     TargetRule,
     fused_pass,
     fused_pays,
+    graph_real_maps,
 )
 from app.pipeline.quality import QualityRule
 from app.pipeline.tracks import summarize_persons
@@ -44,6 +46,9 @@ from app.schemas import (
     Thresholds,
     Verdict,
 )
+
+if TYPE_CHECKING:  # onnxruntime loads only with the onnx backend
+    from app.runtime.onnx_grad import OnnxGradGraph
 
 UNTRAINED_WARNING = (
     "models are UNTRAINED placeholders (random weights): scores and verdicts are meaningless"
@@ -131,6 +136,7 @@ class Analyzer:
         self.runtime = "torch"  # what runs g and d, e.g. "onnxruntime CPUExecutionProvider"
         self.g: FakeScorer = self.detector
         self.d: AttackScorer = self.adversarial
+        self.grad_graph: OnnxGradGraph | None = None
         if backend == "onnx":
             self._use_onnx(models_dir, threads)
 
@@ -142,6 +148,11 @@ class Analyzer:
         g, d = load_onnx_pair(models_dir, self.bundle, self.device, threads)
         self.g, self.d = g, d
         self.runtime = f"onnxruntime {g.provider}"
+        if self.bundle.detector_entry.onnx_grad is not None:  # Saliency / I×G in ORT too
+            from app.runtime.onnx_grad import OnnxGradGraph
+
+            self.grad_graph = OnnxGradGraph(models_dir, self.bundle.detector_entry,
+                                            self.device, threads)
 
     @classmethod
     def from_settings(cls, settings: Settings, device: str | None = None) -> Analyzer:
@@ -210,8 +221,10 @@ class Analyzer:
 
     def _use_fused(self, methods: list[str]) -> bool:
         """One forward for g and its maps (app.pipeline.fused) when it is the cheaper path."""
-        if self.xai_fused == "off" or self.backend != "torch" or self.amp:
-            return False  # ORT scores g itself; under AMP g scores in fp16, maps in fp32
+        if self.xai_fused == "off" or self.amp:
+            return False  # under AMP g scores in fp16, maps in fp32
+        if self.backend != "torch" and self.grad_graph is None:
+            return False  # ORT scores g, captum would need g's forward again
         if len(set(methods)) != 1 or methods[0] not in FUSED_METHODS:
             return False
         share = 1.0 if self.explain_fake else self._real_share  # faces that will need a map
@@ -224,14 +237,14 @@ class Analyzer:
     def _score_fused(self, x: torch.Tensor, method: str,
                      timings: dict[str, float] | None) -> list[FaceScore]:
         rule = TargetRule(self.thresholds.tau_fake, self.explain_fake)
-        out = fused_pass(self.detector, x, method, rule)
+        out = fused_pass(self.detector, x, method, rule, self.grad_graph)
         if timings is not None:  # the same stages as the separate path: g's forward, the maps
             timings["detector"] = timings.get("detector", 0.0) + out.forward_s * 1000.0
             timings["xai"] = timings.get("xai", 0.0) + out.backward_s * 1000.0
         p_fake = out.p_fake.cpu().numpy()
         self._note_real_share(p_fake)
         maps = attribution_to_map(out.attributions)
-        real = [i for i, p in enumerate(p_fake) if p < self.thresholds.tau_fake]
+        real = torch.nonzero(out.targets == Detector.REAL).flatten().tolist()
         p_att: dict[int, float] = {}
         if real:
             t0 = time.perf_counter()
@@ -281,7 +294,10 @@ class Analyzer:
     ) -> None:
         sub = x[idx]
         t0 = time.perf_counter()
-        xai = self.explainer(method).maps(sub)  # fp32: gradients under autocast are noisier
+        if self.grad_graph is not None and method in FUSED_METHODS:
+            xai = attribution_to_map(graph_real_maps(self.detector, self.grad_graph, sub, method))
+        else:  # fp32: gradients under autocast are noisier
+            xai = self.explainer(method).maps(sub)
         _add_time(timings, "xai", t0)
         t0 = time.perf_counter()
         with self._autocast():

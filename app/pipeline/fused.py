@@ -10,6 +10,10 @@ off when most faces need a map (the Analyzer decides, see ``fused_pays``).
 
 Attributions are taken w.r.t. ``detector.prep(crops)``, in fp32, as :class:`Explainer` does.
 Guided Backprop and Integrated Gradients need other passes and keep captum.
+
+With an :class:`~app.runtime.onnx_grad.OnnxGradGraph` (``DFSHIELD_BACKEND=onnx``) the same pass
+runs as one ONNX Runtime graph that also picks each face's target itself; its whole cost is
+reported as the forward (``backward_s`` 0): one graph, not two stages.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from app.models.wrappers import Detector
 from app.pipeline.explain import frozen_eval
+
+if TYPE_CHECKING:  # onnxruntime loads only with the onnx backend
+    from app.runtime.onnx_grad import OnnxGradGraph
 
 FUSED_METHODS: tuple[str, ...] = ("saliency", "input_x_gradient")
 NO_TARGET = -1
@@ -38,17 +46,21 @@ class FusedPass:
     attributions: torch.Tensor  # [B,3,S,S]; zero where the face had no target
     forward_s: float  # g's forward (with the graph kept)
     backward_s: float  # the one backward that gives every map
+    targets: torch.Tensor  # [B] the logit each map explains (Detector.REAL/FAKE, NO_TARGET)
 
 
 def fused_pass(detector: Detector, crops: torch.Tensor, method: str,
-               targets_of: TargetRule) -> FusedPass:
+               targets_of: TargetRule, graph: OnnxGradGraph | None = None) -> FusedPass:
     """Forward ``crops`` once with input gradients; ``targets_of(p_fake)`` picks each face's
-    logit to explain (``NO_TARGET`` for none); one backward gives every map."""
+    logit to explain (``NO_TARGET`` for none); one backward gives every map. ``graph``: run
+    it in ONNX Runtime instead (the rule's tau and explain_fake go into the graph)."""
     if method not in FUSED_METHODS:
         raise ValueError(f"{method!r} cannot be fused; fused methods: {', '.join(FUSED_METHODS)}")
     device = next(detector.parameters()).device
     with torch.no_grad():
         x_n = detector.prep(crops.to(device, torch.float32)).detach().clone()
+    if graph is not None:
+        return _graph_pass(graph, x_n, method, targets_of)
     x_n.requires_grad_(True)
     with ExitStack() as stack:
         stack.enter_context(frozen_eval(detector))
@@ -60,8 +72,37 @@ def fused_pass(detector: Detector, crops: torch.Tensor, method: str,
         t1 = time.perf_counter()
         targets = targets_of(p_fake).to(device)
         grad = _input_grad(x_n, logits, targets)
-    attr = grad.abs() if method == "saliency" else x_n.detach() * grad
-    return FusedPass(p_fake, attr.detach().float(), t1 - t0, time.perf_counter() - t1)
+    return FusedPass(p_fake, _attribution(method, x_n.detach(), grad), t1 - t0,
+                     time.perf_counter() - t1, targets)
+
+
+def _attribution(method: str, x_n: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    attr = grad.abs() if method == "saliency" else x_n * grad
+    return attr.detach().float()
+
+
+def _graph_pass(graph: OnnxGradGraph, x_n: torch.Tensor, method: str,
+                rule: TargetRule) -> FusedPass:
+    t0 = time.perf_counter()
+    logits, grad, select = graph.run(x_n, rule.tau_fake, float(rule.explain_fake))
+    p_fake = logits.float().softmax(dim=1)[:, Detector.FAKE]
+    none = torch.full((len(select),), NO_TARGET, dtype=torch.long, device=select.device)
+    targets = torch.where(select.sum(dim=1) > 0, select.argmax(dim=1), none)
+    return FusedPass(p_fake, _attribution(method, x_n, grad), time.perf_counter() - t0, 0.0,
+                     targets)
+
+
+def graph_real_maps(detector: Detector, graph: OnnxGradGraph, crops: torch.Tensor,
+                    method: str) -> torch.Tensor:
+    """The real logit's attributions of ``crops`` from the gradient graph (what the separate
+    path asks captum for, when few faces need a map)."""
+    from app.runtime.onnx_grad import ALL_REAL
+
+    device = next(detector.parameters()).device
+    with torch.no_grad():
+        x_n = detector.prep(crops.to(device, torch.float32))
+    _, grad, _ = graph.run(x_n, ALL_REAL, 0.0)
+    return _attribution(method, x_n, grad)
 
 
 def _input_grad(x_n: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,22 @@ def _providers(provider: str, device: torch.device) -> list[str | tuple[str, dic
     return [CPU_EP]
 
 
+def make_session(data: bytes, device: torch.device, threads: int,
+                 name: str) -> tuple[ort.InferenceSession, str]:
+    """A session on the provider ``device`` calls for; returns it and the provider it got."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are noise
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    wanted = pick_provider(device)
+    session = ort.InferenceSession(data, opts, providers=_providers(wanted, device))
+    # ORT falls back to the CPU EP when CUDA libraries fail to load: report what runs.
+    provider: str = session.get_providers()[0]
+    if provider != wanted:
+        log.warning("ONNX Runtime picked %s instead of %s for %r", provider, wanted, name)
+    return session, provider
+
+
 def _onnx_bytes(models_dir: Path, entry: ManifestEntry) -> bytes:
     if entry.onnx is None:
         raise ModelStoreError(
@@ -74,24 +90,14 @@ class OnnxModel:
             raise ModelStoreError(f"model {entry.name!r} is a {entry.role}, not a {self.ROLE}")
         self.entry = entry
         self.device = torch.device(device)
-        data = _onnx_bytes(Path(models_dir), entry)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are noise
-        if threads > 0:
-            opts.intra_op_num_threads = threads
-        wanted = pick_provider(self.device)
-        self.session = ort.InferenceSession(data, opts, providers=_providers(wanted, self.device))
-        # ORT falls back to the CPU EP when CUDA libraries fail to load: report what runs.
-        self.provider: str = self.session.get_providers()[0]
+        self.session, self.provider = make_session(
+            _onnx_bytes(Path(models_dir), entry), self.device, threads, entry.name)
         self.input_names, self.input_size = self._check_inputs()
         log.info(
             "ONNX Runtime %s for %s %r (opset %d, input %dpx, %s threads)",
             self.provider, entry.role, entry.name, entry.onnx.opset if entry.onnx else -1,
             self.input_size, threads or "default",
         )
-        if self.provider != wanted:
-            log.warning("ONNX Runtime picked %s instead of %s for %r", self.provider, wanted,
-                        entry.name)
 
     def _check_inputs(self) -> tuple[tuple[str, ...], int]:
         """Input names and the fixed spatial size, checked against the role and the manifest."""

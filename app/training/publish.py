@@ -18,6 +18,7 @@ from torch import nn
 
 from app.models.store import load_bundle, load_manifest, write_entry
 from app.models.store import set_default as set_default_model
+from app.models.wrappers import Detector
 from app.training.common import (
     STORE_NAME_RE,
     RunRecord,
@@ -27,6 +28,7 @@ from app.training.common import (
     load_trained,
 )
 from app.training.export import DEFAULT_OPSET, export_onnx
+from app.training.export_grad import try_export_grad
 
 
 def _name(text: str) -> str:
@@ -59,17 +61,22 @@ def _publish_one(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_info = None
+        onnx_info = grad_info = None
         if with_onnx:
             onnx_info = export_onnx(model, Path(tmp) / f"{name}.onnx", opset, onnx_size)
             extra = {**extra, "onnx_input_size": onnx_info["input_size"],
                      "onnx_inputs": onnx_info["inputs"], "onnx_parity": onnx_info["parity"]}
+            if isinstance(model, Detector):  # Saliency in ONNX Runtime, where it matches
+                grad_info, why = try_export_grad(model, Path(tmp) / f"{name}.grad.onnx", opset)
+                extra["onnx_grad_parity" if grad_info else "onnx_grad_skipped"] = (
+                    grad_info["parity"] if grad_info else why)
         entry = write_entry(
             models_dir, model, name, version=version, threshold=threshold, trained=True,
             description=description, metrics=metrics,
             training=_training_info(record, extra),
             onnx_path=Path(onnx_info["file"]) if onnx_info else None,
             onnx_opset=opset if onnx_info else None, set_default=set_default,
+            onnx_grad_path=Path(grad_info["file"]) if grad_info else None,
         )
     return entry.model_dump(mode="json")
 

@@ -81,7 +81,11 @@ def _run_dir(root: Path, model: torch.nn.Module, extra: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("runs")
+    return fitted_runs(tmp_path_factory.mktemp("runs"))
+
+
+def fitted_runs(root: Path) -> tuple[Path, Path]:
+    """A g and a d briefly fitted on the portraits, as training run folders under ``root``."""
     x = _to_tensor(_portrait_crops(SIZE))
     g = _fit("resnet10t_df", (x,), seed=1)
     # d fitted on g's real saliency maps, so that its scores on such maps spread out.
@@ -172,7 +176,9 @@ def test_analyzer_backends_agree_on_scores_and_verdicts(store: Path, bundle: Mod
         assert (a.p_attacked is None) == (b.p_attacked is None)
         if b.p_attacked is not None:
             assert abs(a.p_attacked - b.p_attacked) <= ATOL
-            assert np.array_equal(a.xai_map, b.xai_map)  # the same torch XAI pass
+            # Saliency from g's gradient graph in ORT: uint8 maps at most one level apart.
+            diff = np.abs(a.xai_map.astype(int) - b.xai_map.astype(int))
+            assert diff.max() <= 1 and (diff == 0).mean() >= 0.99
     assert onnx.runtime == f"onnxruntime {CPU_EP}"
     result = build_result(MediaInfo(kind="image", format="png", width=SIZE, height=SIZE,
                                     frames_sampled=1), [], onnx,
