@@ -65,7 +65,7 @@ def naive_figures(arch: ArchSet, n_faces: int, repeats: int, seed: int = 0) -> l
     naive_ms, ours_ms = naive_s * 1000 / n_faces, ours_s * 1000 / n_faces
     target = GPU_RATIO_TARGET if a.device.type == "cuda" else CPU_RATIO_TARGET
     pair = f"{arch.g_arch} + saliency + {arch.d_arch}"
-    return [
+    out = [
         Figure("naive", f"{arch.label}: naive per face ({pair})", "torch", 1, naive_ms,
                "ms/face"),
         Figure("naive", f"{arch.label}: dfshield score_crops ({pair})", "torch", n_faces,
@@ -73,3 +73,12 @@ def naive_figures(arch: ArchSet, n_faces: int, repeats: int, seed: int = 0) -> l
         Figure("naive", f"{arch.label}: naive / dfshield", "torch", n_faces,
                naive_ms / ours_ms, "x", target),
     ]
+    served = arch.onnx_like(all_real, "auto")
+    if served is not None and served.grad_graph is not None:  # DFSHIELD_BACKEND=onnx
+        onnx_s, _ = _time_stage(lambda: served.score_crops(crops), a.device, repeats, warmup=1)
+        onnx_ms = onnx_s * 1000 / n_faces
+        out += [Figure("naive", f"{arch.label}: dfshield score_crops ({pair})", "onnx",
+                       n_faces, onnx_ms, "ms/face"),
+                Figure("naive", f"{arch.label}: naive / dfshield", "onnx", n_faces,
+                       naive_ms / onnx_ms, "x", target)]
+    return out

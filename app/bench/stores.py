@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from app.config import Settings
+from app.config import Settings, XaiFused
 from app.models.manifest import ManifestEntry, OnnxArtifact
 from app.models.placeholder import write_placeholders
 from app.models.store import ModelBundle, load_bundle, sha256_file
 from app.pipeline.analyze import Analyzer, resolve_thresholds
 from app.runtime import AttackScorer, FakeScorer
+from app.schemas import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,17 @@ class ArchSet:
     onnx: tuple[FakeScorer, AttackScorer] | None
     onnx_provider: str
     onnx_skip: str
+    # The pair served with DFSHIELD_BACKEND=onnx (g's gradient graph when it has one).
+    onnx_analyzer: Analyzer | None = None
+
+    def onnx_like(self, thresholds: Thresholds, xai_fused: XaiFused) -> Analyzer | None:
+        """Another ONNX-backend Analyzer of this pair (e.g. every face called real)."""
+        a = self.onnx_analyzer
+        if a is None or a.models_dir is None:
+            return None
+        return Analyzer(a.bundle, a.device, thresholds, "saliency", amp=False,
+                        xai_fused=xai_fused, backend="onnx", models_dir=a.models_dir,
+                        threads=a.threads)
 
     @property
     def g_arch(self) -> str:
@@ -75,8 +87,11 @@ def paper_set(cache_dir: Path, settings: Settings, device: torch.device,
 
 
 def _export_onnx(store: Path, bundle: ModelBundle) -> None:
-    """Give the placeholder entries ONNX artifacts (once): g at its size, d at g's size."""
+    """Give the placeholder entries ONNX artifacts (once): g at its size, d at g's size, and
+    g's gradient graph (unchecked: random-init gradients say nothing about parity, and the
+    graphs are for timing)."""
     from app.training.export import export_onnx  # onnx + exporter only load when needed
+    from app.training.export_grad import export_grad_onnx
 
     size = bundle.detector.input_size
     for role, model in (("detector", bundle.detector), ("adversarial", bundle.adversarial)):
@@ -85,12 +100,22 @@ def _export_onnx(store: Path, bundle: ModelBundle) -> None:
         if not (store / rel).is_file():
             export_onnx(model, store / f".{rel}.tmp", ONNX_OPSET, input_size=size, check=False)
             (store / f".{rel}.tmp").replace(store / rel)
-        artifact = OnnxArtifact(file=rel, sha256=sha256_file(store / rel), opset=ONNX_OPSET)
-        updated = entry.model_copy(update={"onnx": artifact})
+        update = {"onnx": _artifact(store, rel)}
+        if role == "detector":
+            grad_rel = f"{entry.name}.grad.onnx"
+            if not (store / grad_rel).is_file():
+                export_grad_onnx(model, store / f".{grad_rel}.tmp", ONNX_OPSET, check=False)
+                (store / f".{grad_rel}.tmp").replace(store / grad_rel)
+            update["onnx_grad"] = _artifact(store, grad_rel)
+        updated = entry.model_copy(update=update)
         if role == "detector":
             bundle.detector_entry = updated
         else:
             bundle.adversarial_entry = updated
+
+
+def _artifact(store: Path, rel: str) -> OnnxArtifact:
+    return OnnxArtifact(file=rel, sha256=sha256_file(store / rel), opset=ONNX_OPSET)
 
 
 def _with_onnx(label: str, analyzer: Analyzer, models_dir: Path, device: torch.device,
@@ -109,4 +134,6 @@ def _with_onnx(label: str, analyzer: Analyzer, models_dir: Path, device: torch.d
     except Exception as exc:  # noqa: BLE001 - a session that will not load is a logged skip
         log.warning("%s pair: ONNX Runtime skipped: %s", label, exc)
         return ArchSet(label, analyzer, None, "", f"ONNX Runtime failed to load: {exc}")
-    return ArchSet(label, analyzer, (g, d), f"onnxruntime {g.provider}", "")
+    served = Analyzer(analyzer.bundle, device, analyzer.thresholds, "saliency", amp=False,
+                      xai_fused="auto", backend="onnx", models_dir=models_dir, threads=threads)
+    return ArchSet(label, analyzer, (g, d), f"onnxruntime {g.provider}", "", served)

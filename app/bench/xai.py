@@ -18,6 +18,7 @@ from app.bench.pipeline import _stages, _time_stage
 from app.bench.stores import ArchSet
 from app.pipeline.analyze import crops_to_tensor
 from app.pipeline.fused import TargetRule, fused_pass
+from app.schemas import Thresholds
 
 FUSED_EXTRA_TARGET = Target("<=", 1.0)  # fused Saliency: map costs <= 1x g's forward extra
 PAIR_TARGET = Target("<=", 3.0)  # bundled g + Saliency + d <= 3x g
@@ -44,7 +45,42 @@ def xai_figures(arch: ArchSet, methods: Sequence[str], batch: int, repeats: int,
     fused_extra = ms["g + saliency fused (one pass)"] / g_ms - 1
     out.append(Figure("xai", f"{arch.label}: saliency fused, extra over g", "torch", batch,
                       fused_extra, "x g extra", FUSED_EXTRA_TARGET))
-    return out + _pair_figures(arch, ms, batch)
+    return out + _pair_figures(arch, ms, batch) + _onnx_figures(arch, x, batch, repeats)
+
+
+def _onnx_figures(arch: ArchSet, x: torch.Tensor, batch: int, repeats: int) -> list[Figure]:
+    """The same stages with DFSHIELD_BACKEND=onnx: g, g's gradient graph (logits + Saliency in
+    one ONNX Runtime pass), and the service path on it."""
+    served = arch.onnx_like(_all_real(arch), "on")
+    if served is None or served.grad_graph is None or arch.onnx is None:
+        return []
+    a, crops = arch.analyzer, _uint8(x)
+    stages: list[tuple[str, Callable[[], object]]] = [
+        ("g", lambda: arch.onnx[0].p_fake(x)),  # type: ignore[index]
+        ("g + saliency graph (one pass)",
+         lambda: fused_pass(a.detector, x, "saliency", ALL_REAL, served.grad_graph)),
+        (SERVICE_STAGE, lambda: served.score_crops(crops)),
+    ]
+    ms = {name: _time_stage(fn, a.device, repeats, warmup=1)[0] * 1000 / batch
+          for name, fn in stages}
+    out = [Figure("xai", f"{arch.label}: {name}", "onnx", batch, v, "ms/face")
+           for name, v in ms.items()]
+    extra = ms["g + saliency graph (one pass)"] / ms["g"] - 1
+    out.append(Figure("xai", f"{arch.label}: saliency graph, extra over g", "onnx", batch,
+                      extra, "x g extra", FUSED_EXTRA_TARGET))
+    pair = ms[SERVICE_STAGE] / ms["g"]
+    out.append(Figure("xai", f"{arch.label}: g + saliency + d (service path) / g", "onnx",
+                      batch, pair, "x g", PAIR_TARGET if arch.label == "bundled" else None))
+    return out
+
+
+def _all_real(arch: ArchSet) -> Thresholds:
+    return Thresholds.model_construct(tau_fake=2.0,
+                                      tau_attacked=arch.analyzer.thresholds.tau_attacked)
+
+
+def _uint8(x: torch.Tensor) -> list[np.ndarray]:
+    return list((x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())
 
 
 def _extra_stages(arch: ArchSet, x: torch.Tensor) -> list[tuple[str, Callable[[], object]]]:

@@ -95,8 +95,10 @@ class Analyzer:
     """Holds g, d and one explainer per XAI method; scores batches of crops.
 
     ``backend="onnx"`` scores g and d in ONNX Runtime (the store's verified ``.onnx`` files in
-    ``models_dir``, ``threads`` intra-op threads, 0 = ORT's default); XAI maps always come from
-    the torch detector ``self.detector``. ``self.g`` / ``self.d`` are what scores.
+    ``models_dir``, ``threads`` intra-op threads, 0 = ORT's default); Saliency and
+    Input×Gradient maps then come from g's gradient graph when the store lists one
+    (``onnx_grad``), other maps from the torch detector ``self.detector``. ``self.g`` /
+    ``self.d`` are what scores.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Analyzer:
         self.crop_size: int = self.detector.input_size
         self._explainers: dict[tuple[str, str], Explainer] = {}
         self.backend = backend
+        self.models_dir, self.threads = models_dir, threads  # where ORT sessions came from
         self.runtime = "torch"  # what runs g and d, e.g. "onnxruntime CPUExecutionProvider"
         self.g: FakeScorer = self.detector
         self.d: AttackScorer = self.adversarial

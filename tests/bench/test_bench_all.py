@@ -98,3 +98,13 @@ def test_target_comparisons() -> None:
     assert Target(">=", 2.0).met(2.0) and not Target(">=", 2.0).met(1.9)
     assert Target("<=", 10.0).met(9.5) and not Target("<=", 10.0).met(10.5)
     assert str(Target("<=", 1.0)) == "<= 1"
+
+
+def test_onnx_gradient_graph_rows_for_the_bundled_pair(bench_csv) -> None:
+    rows, _ = bench_csv
+    onnx = {r["name"]: r for r in _figures(rows) if r["backend"] == "onnx"}
+    for name in ("bundled: g + saliency graph (one pass)", "bundled: saliency graph, extra over g",
+                 "bundled: naive / dfshield", "bundled: g + saliency + d (service path) / g"):
+        assert name in onnx, sorted(onnx)
+    assert onnx["bundled: saliency graph, extra over g"]["target"]
+    assert float(onnx["bundled: g + saliency graph (one pass)"]["value"]) > 0
