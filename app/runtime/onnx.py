@@ -12,6 +12,7 @@ bytes are the ones handed to ONNX Runtime.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def _providers(provider: str, device: torch.device) -> list[str | tuple[str, dic
     return [CPU_EP]
 
 
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA libraries ORT's CUDA provider links (cuBLAS, cuFFT, cuRAND, cuDNN …) from
+    the nvidia-* wheels in the environment: they are not on the loader's path, and torch only
+    loads the ones it uses itself (not cuRAND)."""
+    try:
+        ort.preload_dlls(directory="")
+    except Exception as exc:  # noqa: BLE001 - a missing library shows as the CPU-EP fallback
+        log.warning("could not preload CUDA libraries for ONNX Runtime: %s", exc)
+
+
 def make_session(data: bytes, device: torch.device, threads: int,
                  name: str) -> tuple[ort.InferenceSession, str]:
     """A session on the provider ``device`` calls for; returns it and the provider it got."""
@@ -56,6 +68,8 @@ def make_session(data: bytes, device: torch.device, threads: int,
     if threads > 0:
         opts.intra_op_num_threads = threads
     wanted = pick_provider(device)
+    if wanted == CUDA_EP:
+        preload_cuda_libraries()
     session = ort.InferenceSession(data, opts, providers=_providers(wanted, device))
     # ORT falls back to the CPU EP when CUDA libraries fail to load: report what runs.
     provider: str = session.get_providers()[0]
