@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     face_prob_min: float = Field(0.9, ge=0.0, le=1.0)
     face_detect_max_side: int = Field(1280, ge=64, description="frames shrunk for MTCNN only")
     face_batch_size: int = Field(8, ge=1, description="same-size frames per MTCNN pass")
+    face_pyramid_factor: float = Field(
+        0.5, ge=0.3, lt=0.95,
+        description="MTCNN pyramid scale step; 0.5 chosen by `bench all` (app/bench/face_res.py)")
     # Faces under either bar are reported with their scores but judged `uncertain` (no vote).
     quality_min_face_px: float = Field(
         64.0, ge=0.0, description="face box side (original px) below which: face_too_small"

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from app.bench.csvout import Figure, csv_path, hardware, print_figures, write_csv
 from app.bench.decode import Clip, decode_figures
+from app.bench.face_res import face_res_figures
 from app.bench.naive import naive_figures
 from app.bench.peak import forward_figures, matmul_peak
 from app.bench.stages import e2e_figures, mtcnn_figures
@@ -146,6 +147,8 @@ def _pipeline_sections(settings: Settings, cfg: BenchConfig,
     faces = FaceDetector.from_settings(settings, analyzer.device, analyzer.crop_size)
     say(f"faces: MTCNN on {cfg.mtcnn_frames} frames")
     out = mtcnn_figures(faces, cfg.mtcnn_frames, cfg.repeats)
+    say("faces: MTCNN detection resolution grid vs a dense reference")
+    out += face_res_figures(analyzer.device.type, cfg.mtcnn_frames, cfg.repeats)
     say(f"e2e: {cfg.e2e_frames}-frame video through the pipeline")
     return out + e2e_figures(settings, analyzer, faces, cfg.e2e_frames, cfg.repeats)
 

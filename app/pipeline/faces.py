@@ -89,11 +89,14 @@ class FaceDetector:
         batch_size: int = 8,
         detect_max_side: int = 1280,
         quality: QualityRule | None = None,
+        pyramid_factor: float = 0.709,
     ) -> None:
         if max_faces < 1 or batch_size < 1 or crop_size < 1:
             raise ValueError("max_faces, batch_size and crop_size must be >= 1")
         if detect_max_side < 2 * _MTCNN_MIN_WINDOW:
             raise ValueError(f"detect_max_side must be >= 24, got {detect_max_side}")
+        if not 0.3 <= pyramid_factor < 0.95:
+            raise ValueError(f"pyramid_factor must be in [0.3, 0.95), got {pyramid_factor}")
         self.device = torch.device(device)
         self.min_face_size = min_face_size
         self.max_faces = max_faces
@@ -104,7 +107,9 @@ class FaceDetector:
         self.detect_max_side = detect_max_side
         self.quality = quality or QualityRule()
         # keep_all: we rank and cut ourselves; the weights ship inside the wheel (no download).
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, device=self.device).eval()
+        # pyramid_factor: scale step between MTCNN's image pyramid levels (its cost lever).
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, factor=pyramid_factor,
+                           device=self.device).eval()
 
     @classmethod
     def from_settings(cls, s: Settings, device: torch.device | str, crop_size: int) -> FaceDetector:
@@ -118,6 +123,7 @@ class FaceDetector:
             batch_size=s.face_batch_size,
             detect_max_side=s.face_detect_max_side,
             quality=QualityRule(s.quality_min_face_px, s.quality_min_sharpness),
+            pyramid_factor=s.face_pyramid_factor,
         )
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
