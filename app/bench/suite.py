@@ -22,7 +22,8 @@ from app.bench.csvout import Figure, csv_path, hardware, print_figures, write_cs
 from app.bench.decode import Clip, decode_figures
 from app.bench.face_res import face_res_figures
 from app.bench.naive import naive_figures
-from app.bench.peak import forward_figures, matmul_peak
+from app.bench.peak import forward_figures, matmul_peak, ort_matmul_peak
+from app.bench.service_figures import service_figures
 from app.bench.stages import e2e_figures, mtcnn_figures
 from app.bench.stores import ArchSet, bundled_set, paper_set
 from app.bench.xai import xai_figures
@@ -107,6 +108,12 @@ def run_all(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> Bench
     peak = matmul_peak(device, cfg.peak_n, cfg.peak_tries)
     report.figures.append(Figure("peak", f"fp32 matmul {cfg.peak_n}x{cfg.peak_n}, best of "
                                          f"{cfg.peak_tries}", "torch", None, peak, "GFLOP/s"))
+    if device.type == "cpu":  # the peak is the better of torch's and ORT's matmul
+        ort_peak = ort_matmul_peak(cfg.peak_n, cfg.peak_tries, cfg.threads)
+        report.figures.append(Figure("peak", f"fp32 MatMul {cfg.peak_n}x{cfg.peak_n}, best of "
+                                             f"{cfg.peak_tries}", "onnxruntime", None,
+                                     ort_peak, "GFLOP/s"))
+        peak = max(peak, ort_peak)
     sets = [bundled_set(settings, device, cfg.threads)]
     if cfg.paper:
         say("paper pair: placeholder store + ONNX export (cached)")
@@ -123,7 +130,7 @@ def run_all(cfg: BenchConfig, say: Callable[[str], None] | None = None) -> Bench
     report.figures += _pipeline_sections(settings, cfg, say)
     if cfg.service:
         say("service: dfshield serve under HTTP load (MAX_BATCH=1 and the default)")
-        report.figures += service_figures(cfg)
+        report.figures += service_figures(cfg.quick)
     report.csv = write_csv(csv_path(cfg.out_dir, report.info), report.info, report.figures,
                            report.notes)
     return report
@@ -151,28 +158,6 @@ def _pipeline_sections(settings: Settings, cfg: BenchConfig,
     out += face_res_figures(analyzer.device.type, cfg.mtcnn_frames, cfg.repeats)
     say(f"e2e: {cfg.e2e_frames}-frame video through the pipeline")
     return out + e2e_figures(settings, analyzer, faces, cfg.e2e_frames, cfg.repeats)
-
-
-def service_figures(cfg: BenchConfig) -> list[Figure]:
-    """app.bench.service's runs (MAX_BATCH=1 and the default), one row per figure."""
-    from app.bench.service import bench_service
-
-    small = cfg.quick
-    runs = bench_service(n_requests=2 if small else 16, concurrency=2 if small else 8,
-                         max_frames=2 if small else 8)
-    out = []
-    for run in runs:
-        b = run.max_batch
-        name = f"MAX_BATCH={run.label}"
-        out += [Figure("service", f"{name} analyses", "http", b, run.analyses_per_s, "1/s"),
-                Figure("service", f"{name} frames", "http", b, run.frames_per_s, "frames/s"),
-                Figure("service", f"{name} faces", "http", b, run.faces_per_s, "faces/s")]
-        out += [Figure("service", f"{name} latency {p}", "http", b, v, "ms")
-                for p, v in (("p50", run.p50_ms), ("p95", run.p95_ms), ("p99", run.p99_ms))]
-        if run.mean_batch is not None:
-            out.append(Figure("service", f"{name} mean model batch (histogram sum/count)",
-                              "http", b, run.mean_batch, "faces/batch"))
-    return out
 
 
 def bench_all(cfg: BenchConfig, console: Console | None = None) -> BenchReport:

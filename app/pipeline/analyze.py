@@ -6,6 +6,7 @@ use it (the worker feeds it crops collected across requests).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ from app.schemas import (
 
 if TYPE_CHECKING:  # onnxruntime loads only with the onnx backend
     from app.runtime.onnx_grad import OnnxGradGraph
+
+log = logging.getLogger(__name__)
 
 UNTRAINED_WARNING = (
     "models are UNTRAINED placeholders (random weights): scores and verdicts are meaningless"
@@ -130,7 +133,7 @@ class Analyzer:
         self.xai_fused = xai_fused
         self._real_share = 1.0  # smoothed share of faces g called real (fused-path choice)
         # Autocast only on CUDA: CPU bf16 autocast is slower and less accurate here.
-        self.amp = amp and device.type == "cuda" and backend == "torch"
+        self.amp = amp and device.type == "cuda" and backend == "torch" and self._amp_holds()
         self.models: list[ModelInfo] = bundle.model_infos()
         self.crop_size: int = self.detector.input_size
         self._explainers: dict[tuple[str, str], Explainer] = {}
@@ -142,6 +145,17 @@ class Analyzer:
         self.grad_graph: OnnxGradGraph | None = None
         if backend == "onnx":
             self._use_onnx(models_dir, threads)
+
+    def _amp_holds(self) -> bool:
+        """fp16 autocast only where it scores as fp32 does (app.models.amp_check)."""
+        from app.models.amp_check import amp_parity
+
+        parity = amp_parity(self.detector, self.adversarial, self.device, torch.float16)
+        if not parity.ok:
+            log.warning("AMP off: fp16 scores differ from fp32 by %.3g / %.3g (p_fake / "
+                        "p_attacked; tolerance %g)", parity.max_dp_fake,
+                        parity.max_dp_attacked, parity.tolerance)
+        return parity.ok
 
     def _use_onnx(self, models_dir: Path | None, threads: int) -> None:
         if models_dir is None:

@@ -16,6 +16,7 @@ import functools
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,29 @@ def make_session(data: bytes, device: torch.device, threads: int,
     if provider != wanted:
         log.warning("ONNX Runtime picked %s instead of %s for %r", provider, wanted, name)
     return session, provider
+
+
+def run_bound(session: ort.InferenceSession, provider: str, inputs: dict[str, torch.Tensor],
+              outputs: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """One run with ORT's I/O binding: inputs are read from, and float32 outputs of the given
+    shapes written into, torch memory on the provider's device (CUDA tensors never make a
+    round trip through the host)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if provider == CUDA_EP \
+        else torch.device("cpu")
+    binding = session.io_binding()
+    held = {n: t.to(device, torch.float32).contiguous() for n, t in inputs.items()}
+    for name, t in held.items():
+        binding.bind_input(name, device.type, device.index or 0, np.float32, tuple(t.shape),
+                           t.data_ptr())
+    out = {n: torch.empty(shape, dtype=torch.float32, device=device)
+           for n, shape in outputs.items()}
+    for name, t in out.items():
+        binding.bind_output(name, device.type, device.index or 0, np.float32, tuple(t.shape),
+                            t.data_ptr())
+    if device.type == "cuda":
+        torch.cuda.current_stream().synchronize()  # ORT runs on its own stream
+    session.run_with_iobinding(binding)
+    return out
 
 
 def _onnx_bytes(models_dir: Path, entry: ManifestEntry) -> bytes:
@@ -142,7 +166,7 @@ class OnnxModel:
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False)
-        return x.to("cpu").contiguous()
+        return x
 
     def logits(self, *xs: torch.Tensor) -> torch.Tensor:
         """Logits ``[B,2]`` (float32) on the first input's device."""
@@ -152,9 +176,9 @@ class OnnxModel:
             raise ValueError(f"batch mismatch: {[x.shape[0] for x in xs]}")
         if xs[0].shape[0] == 0:
             return torch.empty(0, 2, device=xs[0].device)
-        feed = {n: self._to_graph(x).numpy() for n, x in zip(self.input_names, xs, strict=True)}
-        out = self.session.run([OUTPUT_NAME], feed)[0]
-        return torch.from_numpy(out).to(xs[0].device)
+        feed = {n: self._to_graph(x) for n, x in zip(self.input_names, xs, strict=True)}
+        out = run_bound(self.session, self.provider, feed, {OUTPUT_NAME: (xs[0].shape[0], 2)})
+        return out[OUTPUT_NAME].to(xs[0].device)
 
 
 class OnnxDetector(OnnxModel):

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from app.models.manifest import ManifestEntry
 from app.models.store import ModelStoreError, read_verified
-from app.runtime.onnx import make_session
+from app.runtime.onnx import make_session, run_bound
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,9 @@ class OnnxGradGraph:
         if tuple(x_norm.shape[1:]) != (3, self.input_size, self.input_size):
             raise ValueError(f"expected [B,3,{self.input_size},{self.input_size}], "
                              f"got {tuple(x_norm.shape)}")
-        feed = {"x_norm": x_norm.detach().float().cpu().contiguous().numpy(),
-                "tau": np.array([tau], np.float32),
-                "fake_weight": np.array([fake_weight], np.float32)}
-        out = self.session.run(list(OUTPUTS), feed)
-        return tuple(torch.from_numpy(o).to(x_norm.device) for o in out)  # type: ignore[return-value]
+        b = x_norm.shape[0]
+        feed = {"x_norm": x_norm.detach(), "tau": torch.tensor([tau]),
+                "fake_weight": torch.tensor([fake_weight])}
+        shapes = {"logits": (b, 2), "grad": tuple(x_norm.shape), "select": (b, 2)}
+        out = run_bound(self.session, self.provider, feed, shapes)
+        return tuple(out[n].to(x_norm.device) for n in OUTPUTS)  # type: ignore[return-value]
