@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     face_prob_min: float = Field(0.9, ge=0.0, le=1.0)
     face_detect_max_side: int = Field(1280, ge=64, description="frames shrunk for MTCNN only")
     face_batch_size: int = Field(8, ge=1, description="same-size frames per MTCNN pass")
+    # 0.5 halves MTCNN's cost at the same recall (bench all, app/bench/face_res.py) but moves
+    # boxes more between near-identical uploads, which the query-attack guard is calibrated on.
     face_pyramid_factor: float = Field(
-        0.5, ge=0.3, lt=0.95,
-        description="MTCNN pyramid scale step; 0.5 chosen by `bench all` (app/bench/face_res.py)")
+        0.709, ge=0.3, lt=0.95, description="MTCNN pyramid scale step (MTCNN's default)")
     # Faces under either bar are reported with their scores but judged `uncertain` (no vote).
     quality_min_face_px: float = Field(
         64.0, ge=0.0, description="face box side (original px) below which: face_too_small"
