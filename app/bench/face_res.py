@@ -25,6 +25,7 @@ from app.bench.csvout import Figure, Target
 from app.bench.media import SAMPLE_VIDEO
 from app.bench.stages import sample_frames
 from app.pipeline.faces import DetectedFace, FaceDetector
+from app.pipeline.tracks import iou
 
 # Face sides in the group frames ≈ 215 px x scale: 43 to 129 px, around the 64 px bar.
 GROUP_SCALES = ((0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.5, 0.3, 0.2),
@@ -80,21 +81,13 @@ def bench_frames(n_video: int) -> list[np.ndarray]:
     return video[::step][:n_video] + groups
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def recall(found: list[list[DetectedFace]], ref: list[list[DetectedFace]],
            min_side: float) -> tuple[float, int, float]:
     """Share of reference faces of side >= ``min_side`` matched at IoU >= 0.5, their count, and
     the mean IoU of the matches (how far the crop boxes moved)."""
     wanted = [(i, f) for i, faces in enumerate(ref) for f in faces
               if max(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_side]
-    best = [max((_iou(f.box, g.box) for g in found[i]), default=0.0) for i, f in wanted]
+    best = [max((iou(f.box, g.box) for g in found[i]), default=0.0) for i, f in wanted]
     hits = [b for b in best if b >= 0.5]
     share = len(hits) / len(wanted) if wanted else 1.0
     return share, len(wanted), float(np.mean(hits)) if hits else 0.0

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from app.pipeline.tracks import iou
+
 SUCCESS_L2 = 0.05
 EDIT_THRESHOLD = 0.5
 
@@ -39,14 +41,6 @@ def psnr_ssim(original: np.ndarray, protected: np.ndarray) -> tuple[float, float
     psnr = peak_signal_noise_ratio(original, protected, data_range=255)
     ssim = structural_similarity(original, protected, channel_axis=2, data_range=255)
     return float(psnr), float(ssim)
-
-
-def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def found(box: tuple[float, ...], boxes: list[tuple[float, ...]], min_iou: float = 0.7) -> bool:

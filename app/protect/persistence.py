@@ -62,8 +62,8 @@ def crops_for(rgb: np.ndarray, truth: list[tuple[float, ...]], cropper: str,
 def attacker_dataset(photos: dict[str, np.ndarray], victims: Sequence[Victim], cropper: str,
                      detector: FaceDetector) -> tuple[torch.Tensor, dict[str, int]]:
     """64 px crops the attacker collects, and how many faces were found at IoU >= 0.7."""
+    from app.pipeline.tracks import iou
     from app.protect.crop import crop_resize
-    from app.protect.metrics import iou
 
     crops, found = [], 0
     by_photo: dict[str, list[Victim]] = {}

@@ -23,6 +23,7 @@ from app.config import Settings
 from app.media import MediaLimits, open_media
 from app.media.errors import MediaError, UnsupportedMedia
 from app.pipeline.faces import DetectedFace, FaceDetector
+from app.pipeline.tracks import iou
 from app.redteam import Variant
 from app.redteam.attack import AttackConfig, ImageAttack, attack_image
 from app.redteam.client import ServiceClient, ServiceError
@@ -233,14 +234,6 @@ def _write(path: Path, rgb: np.ndarray, jpeg_quality: int | None = None) -> None
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if jpeg_quality else []
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
         raise OSError(f"cannot write {path}")
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match_faces(ours: Sequence[Sequence[float]], theirs: Sequence[Sequence[float]]
