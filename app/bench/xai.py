@@ -17,14 +17,13 @@ from app.bench.csvout import Figure, Target
 from app.bench.pipeline import _stages, _time_stage
 from app.bench.stores import ArchSet
 from app.pipeline.analyze import crops_to_tensor
-from app.pipeline.fused import TargetRule, fused_pass
+from app.pipeline.fused import ALL_REAL, fused_pass
 from app.schemas import Thresholds
 
 FUSED_EXTRA_TARGET = Target("<=", 1.0)  # fused Saliency: map costs <= 1x g's forward extra
 PAIR_TARGET = Target("<=", 3.0)  # bundled g + Saliency + d <= 3x g
 GPU_FACES_TARGET = Target(">=", 1000.0)  # bundled pair with Saliency, faces/s on a GPU
 SERVICE_STAGE = "score_crops saliency + d, fused"
-ALL_REAL = TargetRule(tau_fake=2.0, explain_fake=False)  # every face gets its map
 
 
 def xai_figures(arch: ArchSet, methods: Sequence[str], batch: int, repeats: int,

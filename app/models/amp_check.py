@@ -10,15 +10,12 @@ image) and their fp32 Saliency maps.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from app.models.wrappers import AdversarialDetector, Detector
-
-log = logging.getLogger(__name__)
 
 AMP_TOLERANCE = 0.01  # max |Δp| (p_fake or p_attacked) between autocast and fp32
 PROBE_FACES = 8

@@ -27,12 +27,12 @@ from app.models.wrappers import Detector
 from app.pipeline.explain import Explainer, attribution_to_map, map_to_image
 from app.pipeline.faces import DetectedFace
 from app.pipeline.fused import (
+    ALL_REAL,
     FUSED_BREAK_EVEN,
     FUSED_METHODS,
     TargetRule,
     fused_pass,
     fused_pays,
-    graph_real_maps,
 )
 from app.pipeline.quality import QualityRule
 from app.pipeline.tracks import summarize_persons
@@ -312,7 +312,8 @@ class Analyzer:
         sub = x[idx]
         t0 = time.perf_counter()
         if self.grad_graph is not None and method in FUSED_METHODS:
-            xai = attribution_to_map(graph_real_maps(self.detector, self.grad_graph, sub, method))
+            graph = fused_pass(self.detector, sub, method, ALL_REAL, self.grad_graph)
+            xai = attribution_to_map(graph.attributions)
         else:  # fp32: gradients under autocast are noisier
             xai = self.explainer(method).maps(sub)
         _add_time(timings, "xai", t0)

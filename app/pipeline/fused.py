@@ -92,19 +92,6 @@ def _graph_pass(graph: OnnxGradGraph, x_n: torch.Tensor, method: str,
                      targets)
 
 
-def graph_real_maps(detector: Detector, graph: OnnxGradGraph, crops: torch.Tensor,
-                    method: str) -> torch.Tensor:
-    """The real logit's attributions of ``crops`` from the gradient graph (what the separate
-    path asks captum for, when few faces need a map)."""
-    from app.runtime.onnx_grad import ALL_REAL
-
-    device = next(detector.parameters()).device
-    with torch.no_grad():
-        x_n = detector.prep(crops.to(device, torch.float32))
-    _, grad, _ = graph.run(x_n, ALL_REAL, 0.0)
-    return _attribution(method, x_n, grad)
-
-
 def _input_grad(x_n: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     chosen = targets != NO_TARGET
     if not bool(chosen.any()):
@@ -126,6 +113,11 @@ class TargetRule:
         fake = torch.full_like(real, Detector.FAKE if self.explain_fake else NO_TARGET,
                                dtype=torch.long)
         return torch.where(real, torch.full_like(fake, Detector.REAL), fake)
+
+
+# Every face's map of its real logit (a tau above every p_fake): what the separate path asks
+# captum for, and what the gradient graph gives the real-called faces there.
+ALL_REAL = TargetRule(tau_fake=2.0, explain_fake=False)
 
 
 def fused_pays(share_needing_map: float, break_even: float) -> bool:

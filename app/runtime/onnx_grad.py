@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 INPUTS = ("x_norm", "tau", "fake_weight")
 OUTPUTS = ("logits", "grad", "select")
-ALL_REAL = 2.0  # a tau above every p_fake: each face's map is of its real logit
 
 
 class OnnxGradGraph:

@@ -37,11 +37,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from app.models.fast import fold_batchnorm
 from app.models.wrappers import Detector
+from app.runtime.onnx_grad import INPUTS, OUTPUTS
 from app.training.export import DEFAULT_OPSET, OnnxParityError
 
 aten = torch.ops.aten
-INPUTS = ("x_norm", "tau", "fake_weight")
-OUTPUTS = ("logits", "grad", "select")
 GRAD_RTOL = 1e-4  # per pixel, relative to |captum's value| (floored, see pixel_rel)
 GRAD_SHARE = 0.999  # share of pixels that must be within GRAD_RTOL
 LOGIT_ATOL = 1e-4
@@ -322,11 +321,9 @@ def check_grad_parity(detector: Detector, path: Path, crops: torch.Tensor | None
     return result
 
 
-def try_export_grad(model: nn.Module, path: Path, opset: int = DEFAULT_OPSET
+def try_export_grad(model: Detector, path: Path, opset: int = DEFAULT_OPSET
                     ) -> tuple[dict[str, Any] | None, str]:
     """:func:`export_grad_onnx` for publishing: (summary, "") or (None, why it was not made)."""
-    if not isinstance(model, Detector):
-        return None, "only detectors have a gradient graph"
     try:
         return export_grad_onnx(model, path, opset), ""
     except (GradGraphUnsupported, OnnxParityError) as exc:

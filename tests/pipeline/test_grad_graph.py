@@ -22,8 +22,8 @@ from app.models.registry import create_model
 from app.models.store import MANIFEST_NAME, ModelBundle, ModelStoreError, load_bundle
 from app.models.wrappers import Detector
 from app.pipeline.analyze import Analyzer
-from app.pipeline.fused import TargetRule
-from app.runtime.onnx_grad import ALL_REAL, OnnxGradGraph
+from app.pipeline.fused import ALL_REAL, TargetRule
+from app.runtime.onnx_grad import OnnxGradGraph
 from app.schemas import Thresholds
 from app.training.export_grad import (
     GradGraphUnsupported,
@@ -117,13 +117,13 @@ def test_committed_graph_of_the_served_g_matches_captum_on_portraits() -> None:
 def test_batch_axis_is_dynamic_and_the_size_checked(graph: OnnxGradGraph,
                                                     bundle: ModelBundle) -> None:
     x = _x_norm(bundle)
-    _, full, _ = graph.run(x, ALL_REAL, 0.0)
+    _, full, _ = graph.run(x, ALL_REAL.tau_fake, 0.0)
     for rows in (slice(0, 1), slice(2, 5)):
-        _, part, select = graph.run(x[rows], ALL_REAL, 0.0)
+        _, part, select = graph.run(x[rows], ALL_REAL.tau_fake, 0.0)
         assert part.shape == full[rows].shape and bool((select[:, 0] == 1).all())
         assert _close_fraction(part, full[rows]) >= 0.999
     with pytest.raises(ValueError, match=rf"expected \[B,3,{SIZE},{SIZE}\]"):
-        graph.run(torch.rand(1, 3, SIZE + 2, SIZE + 2), ALL_REAL, 0.0)
+        graph.run(torch.rand(1, 3, SIZE + 2, SIZE + 2), ALL_REAL.tau_fake, 0.0)
 
 
 @pytest.mark.parametrize("explain_fake", [False, True])
@@ -219,5 +219,5 @@ def test_a_deep_untrained_net_traces_without_backward_ops() -> None:
     names = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
     assert not any("backward" in n for n in names)
     x = torch.randn(3, 3, 61, 61)
-    logits, grad, select = gm(x, torch.tensor([ALL_REAL]), torch.zeros(1))
+    logits, grad, select = gm(x, torch.tensor([ALL_REAL.tau_fake]), torch.zeros(1))
     assert grad.shape == x.shape and bool((select[:, 0] == 1).all())
