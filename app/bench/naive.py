@@ -17,12 +17,11 @@ import torch
 from captum.attr import Saliency
 
 from app.bench.csvout import Figure, Target
-from app.bench.pipeline import _time_stage
+from app.bench.pipeline import _time_stage, all_real
 from app.bench.stores import ArchSet
 from app.models.wrappers import AdversarialDetector, Detector
 from app.pipeline.analyze import Analyzer
 from app.pipeline.explain import attribution_to_map
-from app.schemas import Thresholds
 
 CPU_RATIO_TARGET = Target(">=", 2.0)
 GPU_RATIO_TARGET = Target(">=", 10.0)
@@ -57,8 +56,8 @@ def naive_figures(arch: ArchSet, n_faces: int, repeats: int, seed: int = 0) -> l
     crops: Sequence[np.ndarray] = list(
         rng.integers(0, 256, size=(n_faces, a.crop_size, a.crop_size, 3), dtype=np.uint8))
     naive = NaivePipeline(a.bundle.detector, a.bundle.adversarial)  # as loaded: BN unfolded
-    all_real = Thresholds.model_construct(tau_fake=2.0, tau_attacked=a.thresholds.tau_attacked)
-    batched = Analyzer(a.bundle, a.device, all_real, "saliency", amp=a.amp, xai_fused="auto")
+    every_real = all_real(a)
+    batched = Analyzer(a.bundle, a.device, every_real, "saliency", amp=a.amp, xai_fused="auto")
     naive_s, _ = _time_stage(lambda: [naive.face(c, a.device) for c in crops], a.device,
                              repeats, warmup=1)
     ours_s, _ = _time_stage(lambda: batched.score_crops(crops), a.device, repeats, warmup=1)
@@ -73,7 +72,7 @@ def naive_figures(arch: ArchSet, n_faces: int, repeats: int, seed: int = 0) -> l
         Figure("naive", f"{arch.label}: naive / dfshield", "torch", n_faces,
                naive_ms / ours_ms, "x", target),
     ]
-    served = arch.onnx_like(all_real, "auto")
+    served = arch.onnx_like(every_real, "auto")
     if served is not None and served.grad_graph is not None:  # DFSHIELD_BACKEND=onnx
         onnx_s, _ = _time_stage(lambda: served.score_crops(crops), a.device, repeats, warmup=1)
         onnx_ms = onnx_s * 1000 / n_faces

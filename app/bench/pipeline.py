@@ -120,14 +120,23 @@ def _stages(analyzer: Analyzer, x: torch.Tensor,
     return stages + _analyzer_stages(analyzer, x, methods)
 
 
+def all_real(analyzer: Analyzer) -> Thresholds:
+    """The analyzer's thresholds with every face called real (each needs its map and d)."""
+    return Thresholds.model_construct(tau_fake=2.0, tau_attacked=analyzer.thresholds.tau_attacked)
+
+
+def uint8_crops(x: torch.Tensor) -> list[np.ndarray]:
+    """[B,3,H,W] crops in [0,1] as the HxWx3 uint8 arrays ``score_crops`` takes."""
+    return list((x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())
+
+
 def _analyzer_stages(analyzer: Analyzer, x: torch.Tensor,
                      methods: Sequence[str]) -> list[tuple[str, Callable[[], object]]]:
     """Analyzer.score_crops with every face called real (each needs its map and d), on the
     separate path (g, then captum) and the fused one (app.pipeline.fused)."""
     if analyzer.backend != "torch" or analyzer.amp:
         return []  # the fused path runs only there
-    crops = list((x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())
-    th = Thresholds.model_construct(tau_fake=2.0, tau_attacked=analyzer.thresholds.tau_attacked)
+    crops, th = uint8_crops(x), all_real(analyzer)
     stages: list[tuple[str, Callable[[], object]]] = []
     for m in (m for m in methods if m in FUSED_METHODS):
         for mode in ("off", "on"):

@@ -120,8 +120,6 @@ def _artifact(store: Path, rel: str) -> OnnxArtifact:
 
 def _with_onnx(label: str, analyzer: Analyzer, models_dir: Path, device: torch.device,
                threads: int) -> ArchSet:
-    from app.runtime.onnx import load_onnx_pair
-
     entries: tuple[ManifestEntry, ...] = (analyzer.bundle.detector_entry,
                                           analyzer.bundle.adversarial_entry)
     missing = [e.name for e in entries if e.onnx is None]
@@ -129,11 +127,11 @@ def _with_onnx(label: str, analyzer: Analyzer, models_dir: Path, device: torch.d
         reason = f"no ONNX graph for {', '.join(missing)} (export failed or not published)"
         log.warning("%s pair: ONNX Runtime skipped: %s", label, reason)
         return ArchSet(label, analyzer, None, "", reason)
-    try:
-        g, d = load_onnx_pair(models_dir, analyzer.bundle, device, threads)
+    try:  # the served ONNX pair: its g and d are the ORT scorers the sections time
+        served = Analyzer(analyzer.bundle, device, analyzer.thresholds, "saliency", amp=False,
+                          xai_fused="auto", backend="onnx", models_dir=models_dir,
+                          threads=threads)
     except Exception as exc:  # noqa: BLE001 - a session that will not load is a logged skip
         log.warning("%s pair: ONNX Runtime skipped: %s", label, exc)
         return ArchSet(label, analyzer, None, "", f"ONNX Runtime failed to load: {exc}")
-    served = Analyzer(analyzer.bundle, device, analyzer.thresholds, "saliency", amp=False,
-                      xai_fused="auto", backend="onnx", models_dir=models_dir, threads=threads)
-    return ArchSet(label, analyzer, (g, d), f"onnxruntime {g.provider}", "", served)
+    return ArchSet(label, analyzer, (served.g, served.d), served.runtime, "", served)

@@ -14,11 +14,10 @@ import numpy as np
 import torch
 
 from app.bench.csvout import Figure, Target
-from app.bench.pipeline import _stages, _time_stage
+from app.bench.pipeline import _stages, _time_stage, all_real, uint8_crops
 from app.bench.stores import ArchSet
 from app.pipeline.analyze import crops_to_tensor
 from app.pipeline.fused import ALL_REAL, fused_pass
-from app.schemas import Thresholds
 
 FUSED_EXTRA_TARGET = Target("<=", 1.0)  # fused Saliency: map costs <= 1x g's forward extra
 PAIR_TARGET = Target("<=", 3.0)  # bundled g + Saliency + d <= 3x g
@@ -50,10 +49,10 @@ def xai_figures(arch: ArchSet, methods: Sequence[str], batch: int, repeats: int,
 def _onnx_figures(arch: ArchSet, x: torch.Tensor, batch: int, repeats: int) -> list[Figure]:
     """The same stages with DFSHIELD_BACKEND=onnx: g, g's gradient graph (logits + Saliency in
     one ONNX Runtime pass), and the service path on it."""
-    served = arch.onnx_like(_all_real(arch), "on")
+    served = arch.onnx_like(all_real(arch.analyzer), "on")
     if served is None or served.grad_graph is None or arch.onnx is None:
         return []
-    a, crops = arch.analyzer, _uint8(x)
+    a, crops = arch.analyzer, uint8_crops(x)
     stages: list[tuple[str, Callable[[], object]]] = [
         ("g", lambda: arch.onnx[0].p_fake(x)),  # type: ignore[index]
         ("g + saliency graph (one pass)",
@@ -71,15 +70,6 @@ def _onnx_figures(arch: ArchSet, x: torch.Tensor, batch: int, repeats: int) -> l
     out.append(Figure("xai", f"{arch.label}: g + saliency + d (service path) / g", "onnx",
                       batch, pair, "x g", PAIR_TARGET if arch.label == "bundled" else None))
     return out
-
-
-def _all_real(arch: ArchSet) -> Thresholds:
-    return Thresholds.model_construct(tau_fake=2.0,
-                                      tau_attacked=arch.analyzer.thresholds.tau_attacked)
-
-
-def _uint8(x: torch.Tensor) -> list[np.ndarray]:
-    return list((x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy())
 
 
 def _extra_stages(arch: ArchSet, x: torch.Tensor) -> list[tuple[str, Callable[[], object]]]:
