@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.cli_common import make_progress
 from app.cli_redteam import register as register_redteam_command
 from app.cli_service import register as register_service_commands
 from app.cli_train import train_app
@@ -68,7 +68,7 @@ def analyze(
         raise _fail("model_error", str(exc), 1) from None
     faces = FaceDetector.from_settings(settings, analyzer.device, analyzer.crop_size)
     try:
-        with _progress() as bar:
+        with make_progress(err_console, transient=True) as bar:
             task = bar.add_task("analysing", total=None)
             result = analyze_source(
                 source, analyzer, faces, xai,
@@ -82,17 +82,6 @@ def analyze(
     if json_out:
         json_out.write_text(result.model_dump_json(indent=2))
         console.print(f"wrote {json_out}")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
 
 
 @models_app.command("list")

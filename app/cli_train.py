@@ -2,63 +2,25 @@
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.cli_common import (
+    DEFAULT_MEDIA,
+    SeedOpt,
+    console,
+    progress_bar,
+    stage_progress,
+    user_errors,
+)
+from app.cli_faces import register_face_commands
 from app.config import REPO_ROOT
 
 train_app = typer.Typer(help="Offline training: data, detector, attacks, d, evaluation, publish.",
                         no_args_is_help=True)
-console = Console()
-DEFAULT_MEDIA = REPO_ROOT / "tests" / "data"
-
-
-@contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar; yields the ``progress(done, total)`` callback the training code takes."""
-    cols = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=console, transient=False) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-@contextmanager
-def stage_progress(label: str) -> Iterator[Callable[[str, int, int | None], None]]:
-    """One rich bar per training stage; yields ``progress(stage, done, total)``."""
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn())
-    with Progress(*cols, console=console, transient=False) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(stage: str, done: int, total: int | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(f"{label}: {stage}", total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
-
-
-def user_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Bad input (a missing dataset, an empty split, a run dir of the wrong kind) ends the
-    command with one line ``error: …`` and exit code 2, not a traceback."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from exc
-
-    return run
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -114,7 +76,6 @@ def demo_data(
 
 
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
-SeedOpt = Annotated[int, typer.Option(help="random seed")]
 UploadCopiesOpt = Annotated[int, typer.Option(
     min=0, help="copies of each attacked crop through a random JPEG / rescale (the upload "
                 "path) that join the attacked class while they still fool g")]
@@ -381,70 +342,4 @@ def train_all_cmd(
     _print_summary(summary)
 
 
-PORTRAITS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "grace_hopper.jpg")
-
-
-@train_app.command("import-backbone")
-@user_errors
-def import_backbone(
-    source: Annotated[Path, typer.Argument(
-        help="`npm pack @vladmandic/face-api@1.7.15` tarball, its unpacked folder, or "
-             "model/face_recognition_model-weights_manifest.json")],
-    models_dir: Annotated[Path, typer.Option(help="model store")] = REPO_ROOT / "models",
-    name: Annotated[str, typer.Option(help="manifest entry name")] = "",
-    check_media: Annotated[Path, typer.Option(
-        help="folder with the portraits used to check the conversion")] = DEFAULT_MEDIA,
-) -> None:
-    """Convert dlib's face-recognition ResNet (face-api's tfjs copy) into the model store.
-
-    Checks the conversion on the portraits (same person closer than different people, dlib's
-    0.6 rule) and publishes float16 safetensors with provenance; never downloads anything.
-    """
-    from app.models.backbone import DEFAULT_BACKBONE, import_faceapi
-    from app.models.faceapi_convert import ConversionError
-    from app.models.store import ModelStoreError
-
-    images = [check_media / n for n in PORTRAITS if (check_media / n).is_file()]
-    try:
-        entry, check = import_faceapi(source, models_dir, name or DEFAULT_BACKBONE,
-                                      images or None)
-    except (ConversionError, ModelStoreError) as exc:
-        raise ValueError(str(exc)) from exc
-    if check is None:
-        console.print("[yellow]warning:[/yellow] no portraits found: conversion not checked")
-    else:
-        same, other = check.pairs()
-        console.print(f"identity check ({len(check.names)} portraits): same person "
-                      f"{min(same):.3f}–{max(same):.3f}, different people "
-                      f"{min(other):.3f}–{max(other):.3f}; dlib's 0.6 rule "
-                      f"{'holds' if check.rule_holds else 'does NOT hold'}")
-    console.print(f"published backbone {entry!r} in {models_dir}")
-
-
-@train_app.command()
-@user_errors
-def realworld(
-    detector_run: Annotated[Path, typer.Argument(help="run dir of g, or a model-store name")],
-    media: Annotated[Path, typer.Option(
-        help="folder of photos outside the training corpus, or an npm tarball with demo/ "
-             "photos (e.g. `npm pack @vladmandic/face-api@1.7.15`)")],
-    data: Annotated[Path | None, typer.Option(
-        help="crop dataset: its test reals are also scored clean and degraded")] = None,
-    out_dir: Annotated[Path | None, typer.Option(help="write report.md + report.json")] = None,
-    seed: SeedOpt = 0,
-) -> None:
-    """g on everyday faces it never saw: AUC vs independent Poisson pastes, false alarms
-    clean and under camera-like degradations, at the run's tau_fake."""
-    from app.training.common import atomic_write_text, load_trained
-    from app.training.realworld import held_out_reals, realworld, to_markdown
-
-    g, record = load_trained(detector_run)
-    tau = float(record["thresholds"]["tau_fake"])
-    reals = held_out_reals(data) if data is not None else None
-    res = realworld(g, tau, media, reals, seed)
-    text = to_markdown(res, str(detector_run))
-    console.print(text, markup=False, highlight=False)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "report.md", text)
-        atomic_write_text(out_dir / "report.json", json.dumps(res, indent=2, default=str))
+register_face_commands(train_app)

@@ -15,9 +15,10 @@ from typing import Annotated, Any, Literal
 import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from typer.core import TyperGroup
 
+from app.cli_common import make_progress
 from app.config import get_settings
 
 console = Console()
@@ -51,8 +52,7 @@ def _fail(code: str, message: str, exit_code: int) -> typer.Exit:
 
 
 def _bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err_console, transient=True)
+    return make_progress(err_console, transient=True)
 
 
 def train_generator_cmd(
