@@ -49,16 +49,3 @@ def degraded_set(crops: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
     """Every crop as it is and under every degradation (len = crops × (1 + degradations))."""
     rng = np.random.default_rng(seed)
     return [*crops, *(fn(c, rng) for fn in DEGRADATIONS.values() for c in crops)]
-
-
-def threshold_for_fpr(p_real: np.ndarray, fpr: float) -> float:
-    """The lowest threshold at which at most ``fpr`` of ``p_real`` are called fake, placed
-    half-way to the next score so it keeps a margin (face is fake when p ≥ tau)."""
-    p = np.sort(np.asarray(p_real, dtype=np.float64))[::-1]
-    if p.size == 0:
-        return 0.5
-    k = int(np.floor(fpr * p.size))  # this many reals may sit at or above tau
-    if k >= p.size:
-        return float(p[-1])
-    above = p[k - 1] if k > 0 else 1.0
-    return float(min((p[k] + above) / 2, 1.0)) if p[k] < above else float(np.nextafter(p[k], 1))

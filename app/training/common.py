@@ -28,7 +28,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from app.device import resolve_device
@@ -382,59 +381,3 @@ def balanced_sampler(labels: Sequence[int], seed: int) -> torch.utils.data.Sampl
     return torch.utils.data.WeightedRandomSampler(
         torch.as_tensor(weights), num_samples=len(arr), replacement=True, generator=gen
     )
-
-
-# ------------------------------------------------------------------------- metrics
-
-
-def safe_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
-    """ROC AUC, or None when only one class is present (AUC is undefined then)."""
-    y = np.asarray(labels)
-    if y.size == 0 or len(np.unique(y)) < 2:
-        return None
-    return float(roc_auc_score(y, np.asarray(scores)))
-
-
-def choose_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Probability threshold maximising Youden's J (= balanced accuracy) on validation data.
-
-    Candidates are 0.5 and the midpoints between consecutive distinct scores: a threshold that
-    sits on a validation score (roc_curve's choice) keeps no margin, and on a cleanly separated
-    validation set it lands right under the lowest positive, which test data then undershoots.
-    Among the J-optimal candidates the one closest to 0.5 wins. One class: 0.5.
-    """
-    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    if y.size == 0 or len(np.unique(y)) < 2:
-        return 0.5
-    u = np.unique(s)
-    cand = np.concatenate([[0.5], (u[:-1] + u[1:]) / 2]) if u.size > 1 else np.array([0.5])
-    pos, neg = np.sort(s[y == 1]), np.sort(s[y == 0])
-    tpr = 1.0 - np.searchsorted(pos, cand, side="left") / pos.size
-    fpr = 1.0 - np.searchsorted(neg, cand, side="left") / neg.size
-    j = tpr - fpr
-    best = np.flatnonzero(j >= j.max() - 1e-12)
-    pick = best[np.argmin(np.abs(cand[best] - 0.5))]
-    return float(np.clip(cand[pick], 0.0, 1.0))
-
-
-def binary_metrics(
-    labels: Sequence[int], scores: Sequence[float], tau: float = 0.5
-) -> dict[str, Any]:
-    """AUC, accuracy, balanced accuracy, TPR/TNR at ``tau`` (positive = class 1)."""
-    y = np.asarray(labels, dtype=np.int64)
-    pred = (np.asarray(scores, dtype=np.float64) >= tau).astype(np.int64)
-    pos, neg = y == 1, y == 0
-    tpr = float((pred[pos] == 1).mean()) if pos.any() else None
-    tnr = float((pred[neg] == 0).mean()) if neg.any() else None
-    rates = [r for r in (tpr, tnr) if r is not None]
-    return {
-        "n": int(y.size),
-        "n_pos": int(pos.sum()),
-        "n_neg": int(neg.sum()),
-        "tau": float(tau),
-        "auc": safe_auc(y, scores),
-        "accuracy": float((pred == y).mean()) if y.size else None,
-        "balanced_accuracy": float(np.mean(rates)) if rates else None,
-        "tpr": tpr,
-        "tnr": tnr,
-    }

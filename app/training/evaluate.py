@@ -36,19 +36,18 @@ from app.training.common import (
     CropFiles,
     ProgressFn,
     RunRecord,
-    binary_metrics,
     load_trained,
     loader,
     no_progress,
     pick_device,
     read_rgb,
     resize_rgb,
-    safe_auc,
     seed_everything,
     timed,
 )
 from app.training.data import read_index
 from app.training.e2e import video_end_to_end
+from app.training.metrics import binary_metrics, safe_auc
 from app.training.overhead import measure_overhead
 from app.training.report import frame_video_precision, group_detection, write_report
 from app.training.robust_eval import eval_jobs, robust_section

@@ -27,7 +27,8 @@ from torch import nn
 
 from app.pipeline.faces import DetectedFace, FaceDetector, crop_face
 from app.training.camera import DEGRADATIONS
-from app.training.common import binary_metrics, safe_auc, to_tensor
+from app.training.common import to_tensor
+from app.training.metrics import binary_metrics, safe_auc
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 PHOTO_SUFFIXES = (".jpg", ".jpeg")

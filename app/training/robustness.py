@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.training.common import CropFiles, binary_metrics, loader, to_tensor, to_uint8
+from app.training.common import CropFiles, loader, to_tensor, to_uint8
 from app.training.crop_augment import JpegAt
+from app.training.metrics import binary_metrics
 from app.training.online_sbi import soften
 from app.training.train_detector import predict_p_fake
 

@@ -36,7 +36,6 @@ from app.models.registry import create_model
 from app.pipeline.explain import Explainer
 from app.training.attack_mix import family_of
 from app.training.attack_set import DATASET_NAME, INDEX_NAME, read_jsonl
-from app.training.camera import threshold_for_fpr
 from app.training.common import (
     BEST_NAME,
     LAST_NAME,
@@ -45,8 +44,6 @@ from app.training.common import (
     RunRecord,
     autocast,
     balanced_sampler,
-    binary_metrics,
-    choose_threshold,
     load_checkpoint,
     load_trained,
     loader,
@@ -59,6 +56,7 @@ from app.training.common import (
     seed_everything,
     set_rng_state,
 )
+from app.training.metrics import binary_metrics, choose_threshold, threshold_for_fpr
 from app.training.train_detector import calibration_crops
 
 log = logging.getLogger("dfshield.training")

@@ -20,7 +20,7 @@ from torch import nn
 from app.config import REPO_ROOT
 from app.models.backbone import init_from_backbone
 from app.models.registry import create_model
-from app.training.camera import degraded_set, threshold_for_fpr
+from app.training.camera import degraded_set
 from app.training.common import (
     BEST_NAME,
     LAST_NAME,
@@ -29,8 +29,6 @@ from app.training.common import (
     RunRecord,
     autocast,
     balanced_sampler,
-    binary_metrics,
-    choose_threshold,
     load_checkpoint,
     loader,
     make_scaler,
@@ -38,7 +36,6 @@ from app.training.common import (
     optimizer_step,
     pick_device,
     rng_state,
-    safe_auc,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -48,6 +45,7 @@ from app.training.common import (
 from app.training.crop_augment import Augment, JpegAt
 from app.training.data import read_index, read_meta
 from app.training.mask_head import MaskHead
+from app.training.metrics import binary_metrics, choose_threshold, safe_auc, threshold_for_fpr
 from app.training.online_sbi import SelfBlendPairs, flatten_pairs
 
 log = logging.getLogger("dfshield.training")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from app.config import REPO_ROOT
-from app.training.camera import DEGRADATIONS, degraded_set, threshold_for_fpr
+from app.training.camera import DEGRADATIONS, degraded_set
+from app.training.metrics import threshold_for_fpr
 from app.training.realworld import find_faces, load_images, paste
 
 DATA = REPO_ROOT / "tests" / "data"

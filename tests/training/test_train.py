@@ -19,9 +19,10 @@ from app.models.store import load_bundle, load_manifest
 from app.pipeline.analyze import Analyzer
 from app.schemas import Thresholds
 from app.training.attack_set import attack_set, read_jsonl
-from app.training.common import RunRecord, choose_threshold, load_checkpoint, load_trained
+from app.training.common import RunRecord, load_checkpoint, load_trained
 from app.training.crop_augment import Augment
 from app.training.evaluate import evaluate
+from app.training.metrics import choose_threshold
 from app.training.publish import publish
 from app.training.sbi import canonical_landmarks
 from app.training.train_adversarial import train_adversarial
