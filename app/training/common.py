@@ -1,4 +1,5 @@
-"""Shared training plumbing: seeds, devices/AMP, run records, checkpoints, crops, thresholds.
+"""Shared training plumbing: seeds, devices/AMP, run records, checkpoints, crops (metrics and
+thresholds: app.training.metrics).
 
 Every ``dfshield train`` stage writes one run directory holding ``record.json`` (arguments, seed,
 library versions, metrics, timings, status) and its checkpoints: ``last.pt`` (everything needed
