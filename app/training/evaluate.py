@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from app.pipeline.explain import XAI_METHODS, Explainer
-from app.training.attack_set import (
+from app.training.attack_batch import (
     MARGIN_SLACK,
     AttackedBatch,
     attack_budget,

@@ -138,7 +138,7 @@ def robust_section(
     independent: bool = True,
 ) -> dict[str, Any]:
     """Sections (a), (c), (d) for one d (``evaluate.DModel``) on the suite's held-out faces."""
-    from app.training.attack_set import p_fake_of
+    from app.training.attack_batch import p_fake_of
     from app.training.evaluate import _p_attacked, compute_maps
 
     def flag(x: torch.Tensor) -> np.ndarray:
@@ -173,7 +173,7 @@ def _independent(
         from app.training.independent import INDEPENDENT_ATTACKS, run_independent
     except ImportError as e:
         return {"skipped": f"{e}; run `uv sync --group eval`"}
-    from app.training.attack_set import p_fake_of
+    from app.training.attack_batch import p_fake_of
 
     x = suite.fakes.float(suite.caught)
     ours = {r["attack"]: r["flagged"] for r in in_house}
