@@ -170,7 +170,8 @@ def models_export_grad(
     against captum, and list it in the manifest (served with DFSHIELD_BACKEND=onnx)."""
     import tempfile
 
-    from app.models.store import ModelStoreError, attach_onnx_grad, load_manifest, load_model
+    from app.models.publishing import attach_onnx_grad
+    from app.models.store import ModelStoreError, load_manifest, load_model
     from app.training.export import DEFAULT_OPSET, OnnxParityError
     from app.training.export_grad import GradGraphUnsupported, export_grad_onnx
 

@@ -18,8 +18,9 @@ from PIL import Image
 from torch import nn
 
 from app.models.faceapi_convert import convert
+from app.models.publishing import write_entry
 from app.models.registry import get_spec
-from app.models.store import ModelStoreError, load_manifest, load_model, write_entry
+from app.models.store import ModelStoreError, load_manifest, load_model
 from app.models.wrappers import Embedder
 
 DEFAULT_BACKBONE = "dfshield-backbone-dlib_face_resnet"

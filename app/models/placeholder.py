@@ -1,7 +1,7 @@
 r"""Deterministic random-init placeholder weights, so the service runs before any training.
 
 They are NOT detectors: every manifest entry says ``trained: false`` and every result carries
-that flag through ``ModelInfo``. The training pipeline replaces them via ``store.write_entry``.
+that flag through ``ModelInfo``. The training pipeline replaces them via ``publishing.write_entry``.
 Other architectures (the paper's Xception / EfficientNet-B4 g and Detect-ResNet50 d) give
 stores for *timing* the real pipeline with the paper's model sizes, clearly labelled untrained:
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from app.models.manifest import ManifestEntry
+from app.models.publishing import write_entry
 from app.models.registry import create_model, list_models
-from app.models.store import write_entry
 
 PLACEHOLDER_VERSION = "0.0.0-untrained"
 PLACEHOLDERS: tuple[tuple[str, str], ...] = (

@@ -203,7 +203,7 @@ def train_denoiser(cfg: DenoiserTrainConfig,
 def publish_denoiser(model: Denoiser, record: dict[str, Any], models_dir: Path,
                      name: str, command: str) -> str:
     """Write the weights (float16, ~0.1 MB) + manifest entry with role ``purifier``."""
-    from app.models.store import write_entry
+    from app.models.publishing import write_entry
 
     version = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     cfg = record["config"]

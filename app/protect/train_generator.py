@@ -152,7 +152,7 @@ def train_generator(cfg: GeneratorTrainConfig,
 def publish_generator(model: FaceGenerator, record: dict[str, Any], models_dir: Path,
                       name: str, held_out: bool) -> str:
     """Write the weights (float16, a few MB) + manifest entry with role ``generator``."""
-    from app.models.store import write_entry
+    from app.models.publishing import write_entry
 
     version = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     cfg = record["config"]

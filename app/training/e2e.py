@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from app.media import MediaLimits
-from app.models.store import load_bundle, write_entry
+from app.models.publishing import write_entry
+from app.models.store import load_bundle
 from app.pipeline.analyze import Analyzer
 from app.pipeline.faces import FaceDetector
 from app.pipeline.run import analyze_path

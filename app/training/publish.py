@@ -1,7 +1,7 @@
 """Publish trained g and d to the model store (``dfshield train publish``).
 
 Each model goes in as safetensors + ONNX (parity-checked) + a manifest entry written by
-``app.models.store.write_entry``: validated threshold, data provenance, metrics, the command
+``app.models.publishing.write_entry``: validated threshold, data provenance, metrics, the command
 lines that trained and published it. The published pair is then loaded back through
 ``load_bundle`` (hash check, strict weights) before this returns.
 """
@@ -16,8 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from app.models.store import load_bundle, load_manifest, write_entry
-from app.models.store import set_default as set_default_model
+from app.models.publishing import set_default as set_default_model
+from app.models.publishing import write_entry
+from app.models.store import load_bundle, load_manifest
 from app.models.wrappers import Detector
 from app.training.common import (
     STORE_NAME_RE,

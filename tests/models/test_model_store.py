@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from app.models.manifest import ManifestEntry
+from app.models.publishing import write_entry
 from app.models.registry import create_model
 from app.models.store import (
     MANIFEST_NAME,
@@ -21,7 +22,6 @@ from app.models.store import (
     model_info,
     read_verified,
     sha256_file,
-    write_entry,
 )
 
 

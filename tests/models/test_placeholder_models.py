@@ -8,8 +8,9 @@ import torch
 
 from app.config import REPO_ROOT
 from app.models.placeholder import PLACEHOLDER_VERSION, PLACEHOLDERS, write_placeholders
+from app.models.publishing import write_entry
 from app.models.registry import create_model
-from app.models.store import list_entries, load_bundle, load_manifest, write_entry
+from app.models.store import list_entries, load_bundle, load_manifest
 
 REPO_MODELS = REPO_ROOT / "models"
 

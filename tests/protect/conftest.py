@@ -44,8 +44,8 @@ def faces_detector() -> FaceDetector:
 @pytest.fixture(scope="session")
 def gen_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models dir with one random-init generator (fast to load, real manifest + sha256)."""
+    from app.models.publishing import write_entry
     from app.models.registry import create_model
-    from app.models.store import write_entry
 
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)

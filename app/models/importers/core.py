@@ -20,8 +20,9 @@ from app.models.importers import ffpp_xception, icpr_effb4st
 from app.models.importers.errors import CheckpointImportError
 from app.models.importers.parity import BUNDLED_PORTRAITS, face_crops, max_logit_difference
 from app.models.manifest import ManifestEntry
+from app.models.publishing import write_entry
 from app.models.registry import create_model
-from app.models.store import MANIFEST_NAME, load_manifest, load_model, sha256_file, write_entry
+from app.models.store import MANIFEST_NAME, load_manifest, load_model, sha256_file
 from app.models.wrappers import Detector
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # ManifestEntry.name
