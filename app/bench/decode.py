@@ -17,7 +17,8 @@ import numpy as np
 
 from app.bench.csvout import Figure, Target
 from app.media import MediaLimits, open_media
-from app.media.video import FrameSampler, probe_video
+from app.media.video import FrameSampler
+from app.media.video_probe import probe_video
 
 DECODE_TARGET = Target("<=", 10.0)  # ms per sampled frame, on the 200 s clip
 

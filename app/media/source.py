@@ -10,7 +10,8 @@ from app.media.frame import SampledFrame
 from app.media.image import load_image
 from app.media.limits import MediaLimits
 from app.media.sniff import SniffResult, sniff_file
-from app.media.video import FrameSampler, VideoProbe, planned_count, probe_video
+from app.media.video import FrameSampler, planned_count
+from app.media.video_probe import VideoProbe, probe_video
 from app.schemas import MediaInfo
 
 

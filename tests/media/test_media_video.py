@@ -13,7 +13,8 @@ import pytest
 
 from app.config import Settings
 from app.media import MediaLimits, TooManyFrames, open_media, probe_media
-from app.media.video import FrameSampler, plan_targets, probe_video
+from app.media.video import FrameSampler, plan_targets
+from app.media.video_probe import probe_video
 from tests.mediagen import (
     DATA_DIR,
     PEXELS_VIDEO,
