@@ -28,7 +28,7 @@ from app.training.common import ProgressFn, no_progress
 from app.training.data import read_meta
 
 if TYPE_CHECKING:
-    from app.training.evaluate import DModel
+    from app.training.eval_suite import DModel
 
 # A fake video counts as caught when it is called fake, or attacked (a fake disguised as real).
 CAUGHT = ("fake", "attacked")

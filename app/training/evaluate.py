@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.pipeline.explain import XAI_METHODS, Explainer
+from app.pipeline.explain import XAI_METHODS
 from app.training.attack_batch import (
     MARGIN_SLACK,
-    AttackedBatch,
     attack_budget,
-    attack_crops,
-    p_fake_of,
 )
 from app.training.common import (
     CropFiles,
@@ -40,13 +36,22 @@ from app.training.common import (
     loader,
     no_progress,
     pick_device,
-    read_rgb,
-    resize_rgb,
     seed_everything,
     timed,
 )
 from app.training.data import read_index
 from app.training.e2e import video_end_to_end
+from app.training.eval_suite import (
+    DModel,
+    Suite,
+    build_suite,
+    compute_maps,
+    load_d_models,
+    p_attacked,
+    primary_d,
+    run_attacks,
+    select_records,
+)
 from app.training.metrics import binary_metrics, safe_auc
 from app.training.overhead import measure_overhead
 from app.training.report import frame_video_precision, group_detection, write_report
@@ -59,131 +64,6 @@ EVAL_ATTACKS = ("pgd", "fgsm", "apgd", "nes", "square")
 ADAPTIVE = ("adaptive_eq3", "adaptive_eq4")
 
 
-@dataclass
-class DModel:
-    """One trained adversarial detector with what it was trained on."""
-
-    key: str  # "<xai>/<mode>"
-    model: nn.Module
-    xai: str
-    mode: str
-    tau: float
-    run_dir: str
-
-
-@dataclass
-class Crops:
-    records: list[dict[str, Any]]
-    x: torch.Tensor  # uint8 [N,3,S,S]
-
-    def float(self, idx: Sequence[int] | None = None) -> torch.Tensor:
-        x = self.x if idx is None else self.x[list(idx)]
-        return x.float().div_(255.0)
-
-
-@dataclass
-class Suite:
-    """Attacks of one detector on one set of fakes."""
-
-    g: nn.Module
-    tau: float
-    fakes: Crops
-    reals: Crops
-    p_fake: np.ndarray  # g on the clean fakes
-    p_real: np.ndarray  # g on the clean reals
-    caught: np.ndarray  # positions of fakes g calls fake
-    slack: float = MARGIN_SLACK  # logit margin beyond tau_fake the attacks aim for
-    results: dict[str, AttackedBatch] = field(default_factory=dict)
-
-    def attacked_x(self, name: str) -> torch.Tensor:
-        res = self.results[name]
-        keep = [a for a, ok in zip(res.adv, res.fooled, strict=True) if ok]
-        if not keep:
-            return torch.zeros(0, *self.fakes.x.shape[1:])
-        return torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in keep]).float() / 255
-
-    def clean_x(self) -> torch.Tensor:
-        return self.reals.float(np.flatnonzero(self.p_real < self.tau))
-
-    def after_x(self, name: str) -> torch.Tensor:
-        """Every selected fake after the attack (the attacked uint8 crop where g caught it)."""
-        x = self.fakes.x.clone()
-        adv = self.results[name].adv
-        if adv:
-            x[self.caught] = torch.from_numpy(np.stack(adv)).permute(0, 3, 1, 2)
-        return x.float() / 255.0
-
-    def p_after(self, name: str) -> np.ndarray:
-        """g's p_fake on every selected fake after the attack (unattacked = not caught)."""
-        p = self.p_fake.copy()
-        p[self.caught] = self.results[name].p_fake_after
-        return p
-
-
-def load_crops_u8(root: Path, records: list[dict[str, Any]], size: int) -> Crops:
-    if not records:
-        return Crops([], torch.zeros(0, 3, size, size, dtype=torch.uint8))
-    arrs = [resize_rgb(read_rgb(root / r["path"]), size) for r in records]
-    return Crops(records, torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous())
-
-
-def _select(records: list[dict[str, Any]], limit: int | None, seed: int) -> list:
-    if limit is None or len(records) <= limit:
-        return records
-    idx = np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
-    return [records[i] for i in idx]
-
-
-def build_suite(
-    g: nn.Module, tau: float, root: Path, fakes: list, reals: list, batch_size: int,
-    slack: float = MARGIN_SLACK,
-) -> Suite:
-    size = g.input_size
-    f, r = load_crops_u8(root, fakes, size), load_crops_u8(root, reals, size)
-    p_f = p_fake_of(g, f.float(), batch_size).numpy()
-    p_r = p_fake_of(g, r.float(), batch_size).numpy()
-    return Suite(g, tau, f, r, p_f, p_r, np.flatnonzero(p_f >= tau), slack)
-
-
-def run_attacks(
-    suite: Suite,
-    names: Sequence[str],
-    overrides: dict[str, dict[str, Any]],
-    batch_size: int,
-    seed: int,
-    progress: ProgressFn,
-    adversarial: nn.Module | None = None,
-    variants: dict[str, tuple[str, dict[str, Any]]] | None = None,
-) -> None:
-    """Attack the caught fakes with each attack (``variants``: label → (attack, extra kw))."""
-    jobs = variants or {n: (n, {}) for n in names}
-    x = suite.fakes.float(suite.caught)
-    for label, (attack, extra) in jobs.items():
-        kw = {**overrides.get(attack, {}), **extra}
-        if attack == "adaptive_eq4" and adversarial is not None:
-            kw.setdefault("detector", adversarial)
-        suite.results[label] = attack_crops(
-            suite.g, x, attack, suite.tau, batch_size, seed, suite.slack,
-            adversarial=adversarial, overrides=kw, progress=progress)
-        log.info("attack %s: %s", label, suite.results[label].stats())
-
-
-@torch.no_grad()
-def _p_attacked(d: DModel, x: torch.Tensor, maps: torch.Tensor, batch_size: int) -> np.ndarray:
-    dev = next(d.model.parameters()).device
-    out = [d.model(c.to(dev), m.to(dev)).float().softmax(1)[:, 1].cpu()
-           for c, m in zip(x.split(batch_size), maps.split(batch_size), strict=True)]
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def compute_maps(g: nn.Module, xai: str, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    if len(x) == 0:
-        return torch.zeros(0, 3, g.input_size, g.input_size)
-    dev = next(g.parameters()).device
-    ex = Explainer(g, xai)
-    return torch.cat([ex.maps(c.to(dev)).cpu() for c in x.split(batch_size)])
-
-
 def d_table(
     suite: Suite, ds: list[DModel], names: Sequence[str], batch_size: int, pgd_b: bool
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
@@ -194,19 +74,19 @@ def d_table(
     for xai in sorted({d.xai for d in ds}):
         group = [d for d in ds if d.xai == xai]
         clean_maps = compute_maps(suite.g, xai, clean, batch_size)
-        p_clean = {d.key: _p_attacked(d, clean, clean_maps, batch_size) for d in group}
+        p_clean = {d.key: p_attacked(d, clean, clean_maps, batch_size) for d in group}
         for name in names:
             att = suite.attacked_x(name)
             att_maps = compute_maps(suite.g, xai, att, batch_size)
             y = np.r_[np.zeros(len(clean), int), np.ones(len(att), int)]
             for d in group:
-                p = np.r_[p_clean[d.key], _p_attacked(d, att, att_maps, batch_size)]
+                p = np.r_[p_clean[d.key], p_attacked(d, att, att_maps, batch_size)]
                 cells[d.key][name] = _cell(y, p, d.tau)
                 rocs[d.key][name] = (y, p)
                 if pgd_b and name == "pgd":
                     zero = torch.zeros_like
-                    pb = np.r_[_p_attacked(d, clean, zero(clean_maps), batch_size),
-                               _p_attacked(d, att, zero(att_maps), batch_size)]
+                    pb = np.r_[p_attacked(d, clean, zero(clean_maps), batch_size),
+                               p_attacked(d, att, zero(att_maps), batch_size)]
                     cells[d.key]["pgd_b"] = _cell(y, pb, d.tau)
     return cells, rocs
 
@@ -254,21 +134,6 @@ def detector_section(
     }}
 
 
-def primary_d(ds: Sequence[DModel]) -> DModel | None:
-    """The served configuration when present (Saliency, fine-tuned), else the first d."""
-    return next((d for d in ds if d.key == "saliency/finetune"), ds[0] if ds else None)
-
-
-def load_d_models(runs: Sequence[Path], dev: torch.device) -> list[DModel]:
-    out = []
-    for run in runs:
-        model, rec = load_trained(Path(run), dev)
-        xai, mode = rec.get("xai", "saliency"), rec.get("mode", "finetune")
-        out.append(DModel(f"{xai}/{mode}", model, xai, mode,
-                          float(rec.get("thresholds", {}).get("tau_attacked", 0.5)), str(run)))
-    return out
-
-
 def evaluate(
     data_root: Path,
     detector_run: Path,
@@ -309,8 +174,8 @@ def evaluate(
     tau = float(g_rec.get("thresholds", {}).get("tau_fake", 0.5))
     ds = load_d_models(adversarial_runs, dev)
     recs = [r for r in read_index(data_root) if r["split"] == split]
-    fakes = _select([r for r in recs if int(r["label"]) == 1], limit, seed)
-    reals = _select([r for r in recs if int(r["label"]) == 0], limit_real or limit, seed + 1)
+    fakes = select_records([r for r in recs if int(r["label"]) == 1], limit, seed)
+    reals = select_records([r for r in recs if int(r["label"]) == 0], limit_real or limit, seed + 1)
     report: dict[str, Any] = {"split": split, "device": str(dev), "notes": list(notes),
                               "margin_slack": margin_slack,
                               "budgets": {a: attack_budget(a, overrides.get(a, {}), tau,
@@ -392,7 +257,7 @@ def _adaptive(
         called_real = np.flatnonzero(p_g < suite.tau)
         x = suite.after_x(label)[called_real]
         maps = compute_maps(suite.g, primary.xai, x, batch_size)
-        flagged = _p_attacked(primary, x, maps, batch_size) >= primary.tau
+        flagged = p_attacked(primary, x, maps, batch_size) >= primary.tau
         # The system catches a fake if g calls it fake, or g calls it real and d flags it.
         caught = p_g >= suite.tau
         caught[called_real] = flagged

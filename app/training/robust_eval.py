@@ -20,9 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.training.attack_batch import p_fake_of
 from app.training.attack_mix import FAMILY, family_of
 from app.training.attacks.nes import nes_queries
 from app.training.benign import NAMED
+from app.training.common import ProgressFn
+from app.training.eval_suite import DModel, Suite, compute_maps, p_attacked, run_attacks
 
 log = logging.getLogger("dfshield.training")
 NES_PAIRS = 20
@@ -74,12 +77,10 @@ FlagFn = Callable[[torch.Tensor], np.ndarray]  # crops [N,3,S,S] in [0,1] → p_
 
 
 def detection_rows(
-    suite: Any, jobs: Sequence[EvalJob], flag: FlagFn, tau: float, batch_size: int, seed: int,
-    progress: Any,
+    suite: Suite, jobs: Sequence[EvalJob], flag: FlagFn, tau: float, batch_size: int, seed: int,
+    progress: ProgressFn,
 ) -> list[dict[str, Any]]:
     """Run each job on the suite's caught fakes; d's flag rate on the ones that fool g."""
-    from app.training.evaluate import run_attacks
-
     rows = []
     for job in jobs:
         run_attacks(suite, [], {}, batch_size, seed, progress,
@@ -134,15 +135,12 @@ def family_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def robust_section(
-    suite: Any, d: Any, jobs: Sequence[EvalJob], batch_size: int, seed: int, progress: Any,
-    independent: bool = True,
+    suite: Suite, d: DModel, jobs: Sequence[EvalJob], batch_size: int, seed: int,
+    progress: ProgressFn, independent: bool = True,
 ) -> dict[str, Any]:
-    """Sections (a), (c), (d) for one d (``evaluate.DModel``) on the suite's held-out faces."""
-    from app.training.attack_batch import p_fake_of
-    from app.training.evaluate import _p_attacked, compute_maps
-
+    """Sections (a), (c), (d) for one d (``eval_suite.DModel``) on the suite's held-out faces."""
     def flag(x: torch.Tensor) -> np.ndarray:
-        return _p_attacked(d, x, compute_maps(suite.g, d.xai, x, batch_size), batch_size)
+        return p_attacked(d, x, compute_maps(suite.g, d.xai, x, batch_size), batch_size)
 
     def g_p(x: torch.Tensor) -> np.ndarray:
         return p_fake_of(suite.g, x, batch_size).numpy()
@@ -162,7 +160,7 @@ IN_HOUSE_TWIN = {"ta_pgd": "pgd_rs@16", "ta_mifgsm": "mifgsm@16", "ta_apgd": "ap
 
 
 def _independent(
-    suite: Any, flag: FlagFn, tau: float, batch_size: int, seed: int,
+    suite: Suite, flag: FlagFn, tau: float, batch_size: int, seed: int,
     in_house: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:
     """torchattacks at the library's own budgets (16/255), judged exactly as ours: g on the
@@ -173,8 +171,6 @@ def _independent(
         from app.training.independent import INDEPENDENT_ATTACKS, run_independent
     except ImportError as e:
         return {"skipped": f"{e}; run `uv sync --group eval`"}
-    from app.training.attack_batch import p_fake_of
-
     x = suite.fakes.float(suite.caught)
     ours = {r["attack"]: r["flagged"] for r in in_house}
     rows = []

@@ -24,7 +24,7 @@ from app.training.common import (
     seed_everything,
 )
 from app.training.data import read_index
-from app.training.evaluate import _select, build_suite, load_d_models
+from app.training.eval_suite import build_suite, load_d_models, select_records
 from app.training.report import _pct, _table
 from app.training.robust_eval import (
     EvalJob,
@@ -60,8 +60,8 @@ def robust_report(
     tau = float(g_rec.get("thresholds", {}).get("tau_fake", 0.5))
     d = load_d_models([Path(d_run)], dev)[0]
     recs = [r for r in read_index(Path(data_root)) if r["split"] == "test"]
-    fakes = _select([r for r in recs if int(r["label"]) == 1], limit_fake, seed)
-    reals = _select([r for r in recs if int(r["label"]) == 0], limit_real, seed + 1)
+    fakes = select_records([r for r in recs if int(r["label"]) == 1], limit_fake, seed)
+    reals = select_records([r for r in recs if int(r["label"]) == 0], limit_real, seed + 1)
     suite = build_suite(g, tau, Path(data_root), fakes, reals, batch_size)
     sec = robust_section(suite, d, list(jobs or eval_jobs()), batch_size, seed,
                          progress or no_progress)

@@ -203,7 +203,7 @@ def test_eval_grid_targets_and_worst_cell_rule() -> None:
 def test_robust_section_on_held_out_faces_with_both_libraries(work: Path, d_far: Path) -> None:
     from app.training.common import load_trained
     from app.training.data import read_index
-    from app.training.evaluate import build_suite, load_d_models
+    from app.training.eval_suite import build_suite, load_d_models
 
     g, rec = load_trained(work / "g")
     tau = float(rec["thresholds"]["tau_fake"])
