@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.config import DeviceName, get_settings
-from app.redteam import VARIANTS, Variant
+from app.redteam import CONTROL, VARIANTS, Variant
 
 if TYPE_CHECKING:
     from app.redteam.client import ServiceClient
@@ -55,6 +55,9 @@ def redteam(
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait per analysis")] = 300,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full report")] =
         None,
+    control: Annotated[bool, typer.Option(
+        help="also upload each unattacked image in the same formats, to tell the attack's "
+             "effect from g's own misses")] = True,
 ) -> None:
     """Attack whole images so g calls their fake faces real, upload the results (PNG and
     JPEG-90) to the service and count how many fool g end to end and how many d catches."""
@@ -73,8 +76,8 @@ def redteam(
         raise _fail("bad_input", "no image files among the inputs", EXIT_BAD_INPUT)
     cfg = AttackConfig(eps=eps / 255, iters=iters, kappa=kappa, seed=seed,
                        eot=Eot(samples=eot_samples))
-    opts = RedteamOptions(out_dir=out, variants=variants,
-                          attack=cfg, tau_fake=tau_fake, analysis_timeout_s=timeout)
+    opts = RedteamOptions(out_dir=out, variants=variants, attack=cfg, tau_fake=tau_fake,
+                          analysis_timeout_s=timeout, control=control)
     with ServiceClient(url, api_key) as client:
         report = _run(paths, opts, client, detector, models_dir, device)
     print_report(report.to_dict())
@@ -140,8 +143,8 @@ def print_report(report: dict) -> None:
         if im["status"] == "skipped":
             table.add_row(Path(im["source"]).name, "skipped", "", str(im["faces_found"]),
                           im["reason"] or "", "", "", "")
-        linf = {v["variant"]: v["linf"] for v in im["variants"]}
-        for up in im["uploads"]:
+        linf = {v["variant"]: v["linf"] for v in im["variants"]} | {CONTROL: 0}
+        for up in [*im["uploads"], *im["control"]]:
             table.add_row(*_upload_row(up, linf[up["variant"]]))
     console.print(table)
     t = report["totals"]
@@ -151,6 +154,13 @@ def print_report(report: dict) -> None:
         f"[bold]{t['fooled']} fooled g end to end[/], of which {t['fooled_attacked']} "
         f"flagged attacked by d ({t['fooled_real']} passed as real); {t['fake']} still fake, "
         f"{t['uncertain']} uncertain, {t['lost']} lost", highlight=False, soft_wrap=True)
+    c, b = t["control"], t["beyond_control"]
+    if c["uploads"]:
+        console.print(
+            f"control (unattacked, same formats): {c['fooled']} of {c['faces']} face(s) not "
+            f"called fake without any attack; of the attacked faces whose control was called "
+            f"fake ({b['faces']}): {b['fooled']} fooled g, {b['fooled_attacked']} of those "
+            "flagged attacked", highlight=False, soft_wrap=True)
 
 
 def _upload_row(up: dict, linf: int) -> list[str]:

@@ -29,7 +29,7 @@ from app.redis_conn import EmbeddedRedis, client_from_url
 from app.redteam.attack import AttackConfig, margin_needed
 from app.redteam.client import ServiceClient, check_base_url
 from app.redteam.geometry import Eot, area_matrix, resize_like_cv2
-from app.redteam.report import RedteamReport
+from app.redteam.report import ImageReport, RedteamReport
 from app.redteam.run import Redteam, RedteamOptions, TargetModel, load_target, match_faces
 from app.worker.main import Worker
 from tests.service.live import IMAGE, LiveApi, free_port, make_settings, start_api
@@ -117,7 +117,21 @@ def test_report_matches_the_service(live: Live, tmp_path: Path) -> None:
                                                if v.variant == up.variant)
     # Through PNG the exact-crop attack lands: the service no longer calls the face fake.
     assert all(f.outcome != "fake" for u in image.uploads if u.format == "png" for f in u.faces)
+    _check_control(live, image, clean)
     _check_totals(report)
+
+
+def _check_control(live: Live, image: ImageReport, clean: np.ndarray) -> None:
+    """The unattacked image went up in the same two formats and is judged like the rest."""
+    assert sorted(u.format for u in image.control) == ["jpeg90", "png"]
+    for up in image.control:
+        assert up.variant == "none" and up.status == "done"
+        if up.format == "png":
+            assert np.array_equal(_rgb(Path(up.file)), clean)
+        served = _service_faces(live, up.job_id)
+        (face,) = up.faces
+        if face.service_face is not None:
+            assert face.outcome == served[face.service_face]["verdict"]
 
 
 def _check_totals(report: RedteamReport) -> None:
@@ -127,6 +141,13 @@ def _check_totals(report: RedteamReport) -> None:
     assert t["fooled"] == outcomes.count("real") + outcomes.count("attacked")
     assert t["fooled_attacked"] == outcomes.count("attacked")
     assert sum(b["uploads"] for b in t["by_variant_format"].values()) == t["uploads"]
+    # beyond_control: the attacked faces whose unattacked upload in that format came back fake
+    clean = {(u.format, f.face): f.outcome for im in report.images for u in im.control
+             for f in u.faces}
+    kept = [f for u in report.uploads for f in u.faces if clean.get((u.format, f.face)) == "fake"]
+    assert t["beyond_control"] == {"faces": len(kept), "fooled": sum(f.fooled for f in kept),
+                                   "fooled_attacked": sum(f.outcome == "attacked" for f in kept)}
+    assert t["control"]["uploads"] == sum(len(im.control) for im in report.images)
     json.dumps(report.to_dict())  # JSON-clean
 
 
@@ -155,8 +176,10 @@ def test_cli(live: Live, tmp_path: Path) -> None:
             want = got[face["service_face"]]["verdict"] if face["service_face"] is not None \
                 else "lost"
             assert face["outcome"] == want
-    assert "fooled g end to end" in result.output
-    assert sorted(p.suffix for p in (tmp_path / "adv").iterdir()) == [".jpg", ".png"]
+    assert "fooled g end to end" in result.output and "control (unattacked" in result.output
+    assert [len(im["control"]) for im in body["images"]] == [2]
+    suffixes = sorted(p.suffix for p in (tmp_path / "adv").iterdir())
+    assert suffixes == [".jpg", ".jpg", ".png", ".png"]  # the attacked image and its control
 
 
 def test_cli_refuses_bad_url_and_wrong_key(live: Live, tmp_path: Path) -> None:

@@ -8,3 +8,6 @@ from typing import Literal
 
 Variant = Literal["pgd", "eot"]
 VARIANTS: tuple[Variant, ...] = ("pgd", "eot")
+# The unattacked image uploaded in the same formats: what g does to it without any attack.
+Control = Literal["none"]
+CONTROL: Control = "none"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from app.redteam import VARIANTS, Variant
+from app.redteam import VARIANTS, Control, Variant
 from app.redteam.geometry import CropBox, Eot, crop_resize, eot_crop
 from app.training.attacks.base import frozen, margin, project_linf
 
@@ -48,8 +48,8 @@ class AttackConfig:
 class ImageAttack:
     """One variant's result on one image."""
 
-    variant: Variant
-    image: np.ndarray  # uint8 HxWx3 RGB, the adversarial full image
+    variant: Variant | Control
+    image: np.ndarray  # uint8 HxWx3 RGB, the adversarial full image (the clean one: control)
     p_fake_before: list[float]  # per attacked face, on its exact service crop
     p_fake_after: list[float]
     views_real: float | None  # EOT check: share of fresh random views g calls real

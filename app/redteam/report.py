@@ -73,6 +73,21 @@ class ImageReport:
     p_fake_clean: list[float] = field(default_factory=list)  # every face found
     variants: list[VariantInfo] = field(default_factory=list)
     uploads: list[UploadReport] = field(default_factory=list)
+    control: list[UploadReport] = field(default_factory=list)  # unattacked, same formats
+
+
+def _beyond_control(images: list[ImageReport]) -> dict[str, int]:
+    """Attacked faces whose unattacked upload (same image, same format) the service called
+    fake: of those, how many the attack got past g and how many d then flagged."""
+    faces = fooled = caught = 0
+    for im in images:
+        clean = {(u.format, f.face): f.outcome for u in im.control for f in u.faces}
+        for u in im.uploads:
+            for f in u.faces:
+                if clean.get((u.format, f.face)) == "fake":
+                    faces, fooled = faces + 1, fooled + f.fooled
+                    caught += f.outcome == "attacked"
+    return {"faces": faces, "fooled": fooled, "fooled_attacked": caught}
 
 
 def _counts(uploads: list[UploadReport]) -> dict[str, int]:
@@ -113,6 +128,9 @@ class RedteamReport:
             "images_skipped": sum(im.status == "skipped" for im in self.images),
             **_counts(ups),
             "by_variant_format": by,
+            # fooled = the service did not call the clean upload fake (no attack needed)
+            "control": _counts([u for im in self.images for u in im.control]),
+            "beyond_control": _beyond_control(self.images),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from app.media import MediaLimits, open_media
 from app.media.errors import MediaError, UnsupportedMedia
 from app.pipeline.faces import DetectedFace, FaceDetector
 from app.pipeline.tracks import iou
-from app.redteam import Variant
+from app.redteam import CONTROL, Variant
 from app.redteam.attack import AttackConfig, ImageAttack, attack_image
 from app.redteam.client import ServiceClient, ServiceError
 from app.redteam.report import (
@@ -91,6 +91,7 @@ class RedteamOptions:
     attack: AttackConfig = field(default_factory=AttackConfig)
     tau_fake: float | None = None  # None: the target model's own
     analysis_timeout_s: float = 300.0
+    control: bool = True  # also upload the unattacked image in the same formats
 
 
 class Redteam:
@@ -139,6 +140,11 @@ class Redteam:
             rep.variants.append(VariantInfo(variant, adv.iters, adv.linf, adv.p_fake_after,
                                             adv.views_real))
             rep.uploads += self._upload(path, adv, [found[i] for i in targets], targets)
+        if self.opts.control:
+            self.progress(f"{path.name}: control (unattacked)")
+            clean = [p_fake[i] for i in targets]
+            none = ImageAttack(CONTROL, rgb, clean, clean, None, 0, 0)
+            rep.control = self._upload(path, none, [found[i] for i in targets], targets)
         return rep
 
     def _upload(self, path: Path, adv: ImageAttack, faces: list[DetectedFace],
