@@ -133,18 +133,19 @@ class Redteam:
             rep.reason = _skip_reason(found, p_fake, self.tau)
             return rep
         rep.status, rep.attacked_faces = "attacked", targets
-        boxes = [found[i].crop_box for i in targets]
+        faces = [found[i] for i in targets]
+        boxes = [f.crop_box for f in faces]
         for variant in self.opts.variants:
             self.progress(f"{path.name}: {variant} on {len(targets)} face(s)")
             adv = attack_image(self.target.g, rgb, boxes, self.tau, variant, self.opts.attack)
             rep.variants.append(VariantInfo(variant, adv.iters, adv.linf, adv.p_fake_after,
                                             adv.views_real))
-            rep.uploads += self._upload(path, adv, [found[i] for i in targets], targets)
+            rep.uploads += self._upload(path, adv, faces, targets)
         if self.opts.control:
             self.progress(f"{path.name}: control (unattacked)")
             clean = [p_fake[i] for i in targets]
             none = ImageAttack(CONTROL, rgb, clean, clean, None, 0, 0)
-            rep.control = self._upload(path, none, [found[i] for i in targets], targets)
+            rep.control = self._upload(path, none, faces, targets)
         return rep
 
     def _upload(self, path: Path, adv: ImageAttack, faces: list[DetectedFace],
