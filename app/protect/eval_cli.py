@@ -15,7 +15,9 @@ from rich.progress import Progress
 
 from app.protect.eval_report import to_markdown
 from app.protect.evaluate import EvalConfig, evaluate, summarise, write_csv
-from app.protect.protector import ProtectOptions, Protector
+from app.protect.protector import Protector
+from app.protect.service import options_from
+from app.protect.settings import get_protect_settings
 
 
 def load_photos(sources: Sequence[Path], limit: int) -> list[tuple[str, np.ndarray]]:
@@ -37,7 +39,7 @@ def time_1280x720(protector: Protector, rgb: np.ndarray) -> dict[str, Any]:
     """``protect`` with default settings on the photo resized to 1280x720."""
     photo = cv2.resize(rgb, (1280, 720), interpolation=cv2.INTER_AREA)
     t0 = time.monotonic()
-    result = protector.protect(photo, ProtectOptions())
+    result = protector.protect(photo, options_from())
     return {"seconds": time.monotonic() - t0, "faces": len(result.report.faces),
             "mode": result.report.mode}
 
@@ -54,8 +56,9 @@ def run_evaluation(media: Sequence[Path], out_dir: Path, eps: tuple[float, ...],
     photos = load_photos(media, max_photos)
     bundled, held_out = load_generators(models_dir), load_generators(models_dir, held_out=True)
     protector = Protector(bundled, FaceDetector(device="cpu", max_faces=5, crop_size=64))
+    ps = get_protect_settings()
     cfg = EvalConfig(modes=modes, eps=eps, steps=steps, poison_steps=steps,
-                     save_dir=save_dir)
+                     save_dir=save_dir, feature_weight=ps.feature_weight)
     with bar() as b:
         task = b.add_task("evaluating", total=None)
         rows = evaluate(protector, held_out, photos, cfg,

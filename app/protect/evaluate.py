@@ -23,6 +23,7 @@ from PIL import Image
 
 from app.protect.detectors import cascade_boxes, mtcnn_boxes
 from app.protect.generators import FaceGenerator
+from app.protect.interrupt import FEATURE_WEIGHT
 from app.protect.metrics import found
 from app.protect.protector import ProtectOptions, Protector, generator_effects
 
@@ -40,6 +41,7 @@ class EvalConfig:
     save_dir: Path | None = None  # protected PNGs kept for the persistence protocol
     purifier_eot: bool = False  # stage 1 through the protector's learned purifier too
     hf_weight: float = 0.0
+    feature_weight: float = FEATURE_WEIGHT
 
 
 def jpeg(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
@@ -52,7 +54,8 @@ def face_rows(protector: Protector, held_out: Sequence[FaceGenerator], name: str
               rgb: np.ndarray, mode: str, eps: float, cfg: EvalConfig) -> list[dict[str, Any]]:
     opts = ProtectOptions(mode=mode, eps=eps, steps=cfg.steps,  # type: ignore[arg-type]
                           poison_steps=cfg.poison_steps, seed=cfg.seed,
-                          purifier_eot=cfg.purifier_eot, hf_weight=cfg.hf_weight)
+                          purifier_eot=cfg.purifier_eot, hf_weight=cfg.hf_weight,
+                          feature_weight=cfg.feature_weight)
     t0 = time.monotonic()
     result = protector.protect(rgb, opts)
     seconds = time.monotonic() - t0

@@ -32,6 +32,7 @@ from app.protect.generators import Generator
 
 Progress = Callable[[int, int], None]
 GEN_SIZE = 64
+FEATURE_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class PgdConfig:
     p_purify: float = 0.5  # share of views that go through it (the rest: no purification)
     hf_weight: float = 0.0  # patch-wise high-frequency guidance (with a purifier only)
     hf_patch: int = 8
+    feature_weight: float = FEATURE_WEIGHT  # TSDF's feature term, relative to output MSE
 
     @property
     def alpha(self) -> float:
@@ -53,7 +55,7 @@ class PgdConfig:
 
 
 def distortion(gens: Sequence[Generator], adv: torch.Tensor, clean: torch.Tensor,
-               feature_weight: float = 0.1) -> torch.Tensor:
+               feature_weight: float = FEATURE_WEIGHT) -> torch.Tensor:
     """Mean over generators of output MSE + normalised feature MSE (to be maximised)."""
     total = torch.zeros(())
     for g in gens:
@@ -99,7 +101,8 @@ def view_loss(image: torch.Tensor, adv: torch.Tensor, boxes: Sequence[CropBox],
                 if cfg.hf_weight:
                     hf = patch_high_freq(moved - clean, cfg.hf_patch) / cfg.eps
                     loss = loss + cfg.hf_weight * hf
-            loss = loss + distortion(gens, to_size(moved, GEN_SIZE), to_size(clean, GEN_SIZE))
+            loss = loss + distortion(gens, to_size(moved, GEN_SIZE), to_size(clean, GEN_SIZE),
+                                     cfg.feature_weight)
     return loss
 
 

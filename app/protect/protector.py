@@ -19,7 +19,7 @@ from app.protect.budget import quantise, region_mask
 from app.protect.crop import CropBox, Eot, crop_resize
 from app.protect.detectors import cascade_boxes, mtcnn_boxes
 from app.protect.generators import Generator
-from app.protect.interrupt import GEN_SIZE, PgdConfig, interruption, view_loss
+from app.protect.interrupt import FEATURE_WEIGHT, GEN_SIZE, PgdConfig, interruption, view_loss
 from app.protect.metrics import SUCCESS_L2, edited_mask, found, l2_mask, psnr_ssim
 from app.protect.poison import MtcnnLoss
 from app.protect.poison import poisoning as run_poisoning
@@ -54,6 +54,7 @@ class ProtectOptions:
     deadline_s: float | None = None
     purifier_eot: bool = False  # stage 1 through the Protector's purifier too
     hf_weight: float = 0.0  # AntiPure's patch-wise high-frequency guidance (with purifier_eot)
+    feature_weight: float = FEATURE_WEIGHT  # stage 1's feature term (TSDF)
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Protector:
         share = 1.0 if opts.mode == "interrupt" else opts.interruption_share
         cfg1 = PgdConfig(eps=opts.eps * share, steps=opts.steps, eot_samples=opts.eot_samples,
                          eot=opts.eot, seed=opts.seed, purifier=self._purifier(opts),
-                         hf_weight=opts.hf_weight)
+                         hf_weight=opts.hf_weight, feature_weight=opts.feature_weight)
         with torch.enable_grad():
             d1, done1 = interruption(image, crop_boxes, self.generators, cfg1, mask,
                                      progress=_stage(progress, "interruption"), stop=stop)

@@ -74,7 +74,8 @@ def options_from(mode: str | None = None, eps: float | None = None, steps: int |
     return ProtectOptions(mode=m, eps=eps, steps=steps or ps.steps,
                           poison_steps=steps or ps.poison_steps, eot_samples=ps.eot_samples,
                           interruption_share=ps.interruption_share, deadline_s=deadline_s,
-                          purifier_eot=ps.purifier_eot, hf_weight=ps.hf_weight)
+                          purifier_eot=ps.purifier_eot, hf_weight=ps.hf_weight,
+                          feature_weight=ps.feature_weight)
 
 
 _lock = threading.Lock()

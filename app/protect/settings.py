@@ -32,6 +32,9 @@ class ProtectSettings(BaseSettings):
     hf_weight: float = Field(
         0.0, ge=0, le=10, description="with purifier_eot: weight of the patch-wise "
         "high-frequency guidance on the perturbation surviving the denoiser (AntiPure)")
+    feature_weight: float = Field(
+        0.1, ge=0, le=10, description="stage 1: weight of TSDF's feature term (the generator's "
+        "internal code) beside the output MSE")
     deadline_s: float = Field(60.0, gt=0, description="POST /v1/protect: optimisation deadline")
     max_pixels: int = Field(12_000_000, ge=256, description="largest photo /v1/protect takes")
     max_faces: int = Field(8, ge=1, description="faces protected per photo, largest first")

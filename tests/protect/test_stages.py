@@ -80,3 +80,18 @@ def _onet_prob(loss_fn: MtcnnLoss, image: torch.Tensor, box: tuple[float, ...]) 
                                            mode="area")
     _, _, logits = loss_fn.onet(_normalise(crop))
     return float(logits.softmax(dim=1)[0, 1])
+
+
+def test_feature_weight_reaches_the_loss_and_the_options(tiny_gen: FaceGenerator) -> None:
+    from app.protect.service import options_from
+    from app.protect.settings import ProtectSettings
+
+    torch.manual_seed(0)
+    clean = torch.rand(2, 3, GEN_SIZE, GEN_SIZE)
+    adv = (clean + 0.05 * torch.randn_like(clean)).clamp(0, 1)
+    with torch.no_grad():
+        plain = torch.nn.functional.mse_loss(tiny_gen(adv), tiny_gen(clean))
+        assert torch.allclose(distortion([tiny_gen], adv, clean, 0.0), plain)
+        assert distortion([tiny_gen], adv, clean, 1.0) > plain  # the feature term adds
+    opts = options_from(ps=ProtectSettings(feature_weight=0.0))
+    assert opts.feature_weight == 0.0
