@@ -1,9 +1,10 @@
-"""White-box ceiling of stage 1: PGD straight on the generator's 64 px input (no photo crop,
-no EOT, no JPEG), so no protection through a photo can distort the generator more.
+"""White-box ceiling of stage 1: the project's interruption PGD run straight on the generator's
+64 px input (no photo crop, no EOT, no JPEG, output MSE only), so no protection written
+through a photo can distort that generator more.
 
     uv run python benchmarks/protect_ceiling.py --eps 0.025 --eps 0.05 --steps 100
 
-Faces: the first frame of each test-split identity of the demo corpus (no generator saw them).
+Faces: one real crop per test-split identity of the demo corpus (no generator saw them).
 Prints, per generator and eps, the mean L2_mask and the share above the 0.05 success rule.
 """
 
@@ -12,36 +13,36 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from app.protect.budget import quantise
+from app.protect.crop import Eot
 from app.protect.generators import FaceGenerator, load_generators
+from app.protect.interrupt import GEN_SIZE, PgdConfig, interruption
 from app.protect.metrics import SUCCESS_L2, edited_mask, l2_mask
+from app.protect.train_generator import load_identity_faces
+from app.training.data import read_index
 
 
 def faces(data_root: Path, n: int) -> torch.Tensor:
-    files = sorted((data_root / "crops" / "test" / "real").glob("*_0_0.png"))[:n]
-    arr = [np.asarray(Image.open(f).convert("RGB").resize((64, 64), Image.BILINEAR))
-           for f in files]
-    return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 255.0
+    """[n,3,64,64] in [0,1] (8-bit values): the first real crop of ``n`` test identities."""
+    idents = sorted({r["identity"] for r in read_index(data_root)
+                     if r["split"] == "test" and r["label"] == 0})[:n]
+    return torch.cat([t[:1] for t in load_identity_faces(data_root, tuple(idents), GEN_SIZE,
+                                                         split="test")])
 
 
 def ceiling(gen: FaceGenerator, x: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
-    """Per-face L2_mask after sign-PGD on output MSE (random start, 8-bit rounding)."""
+    """Per-face L2_mask after stage 1 on each whole 64 px face, rounded to 8 bits."""
+    cfg = PgdConfig(eps=eps, steps=steps, eot=Eot.none(), feature_weight=0.0)
+    box = (0, 0, GEN_SIZE, GEN_SIZE)
+    mask = torch.ones(1, 1, GEN_SIZE, GEN_SIZE)
+    adv = torch.cat([
+        quantise((face * 255).round().to(torch.uint8),
+                 interruption(face, [box], [gen], cfg, mask)[0]).float() / 255
+        for face in x.split(1)])
     with torch.no_grad():
         ref = gen(x)
-    delta = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * eps
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.mse_loss(gen((x + delta).clamp(0, 1)), ref, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta = ((x + (delta + 2.5 * eps / steps * grad.sign()).clamp(-eps, eps))
-                     .clamp(0, 1) - x)
-    with torch.no_grad():
-        adv = ((x + delta) * 255).round() / 255
         return l2_mask(gen(adv), ref, edited_mask(x, ref))
 
 
