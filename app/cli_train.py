@@ -79,6 +79,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 UploadCopiesOpt = Annotated[int, typer.Option(
     min=0, help="copies of each attacked crop through a random JPEG / rescale (the upload "
                 "path) that join the attacked class while they still fool g")]
+NativeShareOpt = Annotated[float, typer.Option(
+    min=0.0, max=1.0, help="share of each attack job's faces attacked at upload resolution "
+                           "(1.2-2.2x g's input) through the service's shrink to g's input")]
 
 
 @train_app.command()
@@ -138,6 +141,7 @@ def attack(
     benign: Annotated[int, typer.Option(
         min=0, help="benign-corrupted copies of each clean crop in the clean class")] = 0,
     upload_copies: UploadCopiesOpt = 0,
+    native_share: NativeShareOpt = 0.0,
     limit: Annotated[int | None, typer.Option(help="fake crops per split at most")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     seed: SeedOpt = 0,
@@ -152,13 +156,14 @@ def attack(
         summary = attack_set(data, detector_run, out, attack=attack_name, limit=limit,
                              batch_size=batch_size, seed=seed, device=device,
                              train_attacks=parse_names(train_attacks), eps_grid=grid,
-                             benign=benign, upload_copies=upload_copies, progress=cb)
+                             benign=benign, upload_copies=upload_copies,
+                             native_share=native_share, progress=cb)
     _print_summary(summary)
 
 
 def _build_attack_root(
     root: Path, data: Path | None, g_run: Path, names: str, eps_grid: str | None, benign: int,
-    seed: int, device: str, upload_copies: int = 0,
+    seed: int, device: str, upload_copies: int = 0, native_share: float = 0.0,
 ) -> None:
     from app.training.attack_mix import parse_names
     from app.training.attack_set import INDEX_NAME, attack_set
@@ -173,8 +178,8 @@ def _build_attack_root(
     mix = None if parsed == ["pgd"] and grid is None else parsed  # the paper's: one PGD
     with stage_progress(names) as cb:
         attack_set(data, g_run, root, train_attacks=mix,
-                   eps_grid=grid, benign=benign, upload_copies=upload_copies, seed=seed,
-                   device=device, progress=cb)
+                   eps_grid=grid, benign=benign, upload_copies=upload_copies,
+                   native_share=native_share, seed=seed, device=device, progress=cb)
 
 
 @train_app.command()
@@ -208,6 +213,7 @@ def adversarial(
     eps_grid: Annotated[str | None, typer.Option(help="with --train-attacks, /255")] = None,
     benign: Annotated[int, typer.Option(min=0, help="with --train-attacks")] = 0,
     upload_copies: UploadCopiesOpt = 0,
+    native_share: NativeShareOpt = 0.0,
     resume: Annotated[bool, typer.Option()] = False,
 ) -> None:
     """Train d on (crop, XAI map): clean reals vs attacked fakes g calls real."""
@@ -215,7 +221,7 @@ def adversarial(
 
     if train_attacks:
         _build_attack_root(attack_root, data, detector_run, train_attacks, eps_grid, benign,
-                           seed, device, upload_copies)
+                           seed, device, upload_copies, native_share)
     with stage_progress(f"d ({xai}, {mode})") as cb:
         record = train_adversarial(attack_root, run_dir, detector_run, arch=arch, xai=xai,
                                    mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,

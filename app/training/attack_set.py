@@ -50,6 +50,13 @@ from app.training.common import (
     write_png,
 )
 from app.training.data import read_index
+from app.training.native_res import (
+    BehindShrink,
+    draw_side,
+    native_overrides,
+    shrink,
+    stack,
+)
 from app.training.upload_path import surviving_copies
 
 INDEX_NAME = "index.jsonl"
@@ -95,6 +102,7 @@ def attack_set(
     eps_grid: Sequence[float] | None = None,
     benign: int = 0,
     upload_copies: int = 0,
+    native_share: float = 0.0,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Write ``out/index.jsonl`` + PNGs + ``dataset.json``; returns per-split stats.
@@ -108,7 +116,8 @@ def attack_set(
     corrupted copies of each clean crop join the clean class (``benign.py``), kept when g
     still calls them real. ``upload_copies``: this many copies of each kept attacked crop
     through a random JPEG / rescale (``upload_path.py``) join the attacked class while they
-    still fool g.
+    still fool g. ``native_share``: this share of each job's faces is attacked at upload
+    resolution, through the service's shrink to g's input (``native_res.py``).
     """
     args = {k: v for k, v in locals().items() if k not in ("progress", "detector")}
     args["detector"] = str(detector) if isinstance(detector, Path | str) else "<model>"
@@ -131,7 +140,7 @@ def attack_set(
         fakes = _pick([r for r in recs if int(r["label"]) == 1], limit, rng)
         reals = _pick([r for r in recs if int(r["label"]) == 0], limit_real, rng)
         ctx = _SplitCtx(g, data_root, out, split, size, tau, batch_size, seed, margin_slack,
-                        progress or no_progress, rng, upload_copies)
+                        progress or no_progress, rng, upload_copies, native_share)
         split_rows, stats[split] = _one_split(ctx, fakes, reals, jobs, benign)
         rows += split_rows
     atomic_write_text(out / INDEX_NAME, "".join(json.dumps(r) + "\n" for r in rows))
@@ -139,7 +148,8 @@ def attack_set(
             "train_attacks": list(train_attacks or [attack]),
             "jobs": [{"label": j.label, "attack": j.attack, "family": j.family,
                       "overrides": j.overrides} for j in jobs],
-            "benign_per_clean": benign, "upload_copies": upload_copies, "tau_fake": tau,
+            "benign_per_clean": benign, "upload_copies": upload_copies,
+            "native_share": native_share, "tau_fake": tau,
             "crop_size": size,
             "detector": args["detector"], "source": str(data_root.resolve()),
             "classes": {"0": "clean", "1": "attacked"}, "stats": stats,
@@ -174,6 +184,7 @@ class _SplitCtx:
     progress: ProgressFn
     rng: np.random.Generator
     upload_copies: int = 0
+    native_share: float = 0.0
 
 
 def _one_split(
@@ -189,6 +200,7 @@ def _one_split(
         rows += part
         n_benign += sum(r["attack"] != "clean" for r in part)
     n_clean, n_caught, results, per_job = len(rows) - n_benign, 0, [], {}
+    n_native = 0
     for start in range(0, len(fakes), CHUNK):
         recs = fakes[start:start + CHUNK]
         x_fake = load_crops(ctx.root, recs, ctx.size)
@@ -198,6 +210,16 @@ def _one_split(
         which = ctx.rng.permutation(len(caught)) % len(jobs)
         for j, job in enumerate(jobs):
             sel = caught[torch.from_numpy(np.flatnonzero(which == j))]
+            native = ctx.rng.random(len(sel)) < ctx.native_share
+            if native.any():
+                res_n, part = _native_rows(ctx, recs, p_fake,
+                                           sel[torch.from_numpy(native)].tolist(), start, job,
+                                           ctx.seed + start + j)
+                results.append(res_n)
+                per_job.setdefault(f"{job.label}+native", []).append(res_n)
+                rows += part
+                n_native += len(part)
+                sel = sel[torch.from_numpy(~native)]
             res = attack_crops(ctx.g, x_fake[sel], job.attack, ctx.tau, ctx.batch_size,
                                ctx.seed + start + j, ctx.margin_slack,
                                overrides=job.overrides, progress=ctx.progress)
@@ -208,7 +230,7 @@ def _one_split(
     merged = AttackedBatch.cat(results)
     stats = {"real": len(reals), "real_called_real": n_clean, "benign_kept": n_benign,
              "fake": len(fakes), "fake_called_fake": n_caught, **merged.stats(),
-             "attacked_kept": int(merged.fooled.sum())}
+             "attacked_kept": int(merged.fooled.sum()), "native_kept": n_native}
     if len(jobs) > 1:
         stats["jobs"] = {k: {**(b := AttackedBatch.cat(v)).stats(),
                              "kept": int(b.fooled.sum())} for k, v in per_job.items()}
@@ -255,6 +277,37 @@ def _attacked_rows(
             rows.append(_row(recs[k], path, 1, ctx.split, label, float(p_fake[k]),
                              float(res.p_fake_after[j]), float(res.linf[j]), q))
     return rows
+
+
+def _native_rows(
+    ctx: _SplitCtx, recs: list[dict[str, Any]], p_fake: torch.Tensor, picked: list[int],
+    start: int, job: AttackJob, seed: int,
+) -> tuple[AttackedBatch, list[dict[str, Any]]]:
+    """Attack ``picked`` at upload resolution; rows are the shrunk crops that still fool g."""
+    side = draw_side(ctx.rng, ctx.size)
+    x_hi = load_crops(ctx.root, [recs[k] for k in picked], side)
+    res = attack_crops(BehindShrink(ctx.g, ctx.size), x_hi, job.attack, ctx.tau,
+                       ctx.batch_size, seed, ctx.margin_slack,
+                       overrides=native_overrides(job.attack, job.overrides, side, ctx.size),
+                       progress=ctx.progress)
+    small = shrink(res.adv, ctx.size)
+    if not small:
+        return res, []
+    p_after = p_fake_of(ctx.g, stack(small), ctx.batch_size).tolist()
+    # The budget is the attack's, measured after the shrink against the shrunk clean upload
+    # (the 128 px crop resampled from the source differs from it by rounding).
+    clean = shrink([to_uint8(x) for x in x_hi], ctx.size)
+    rows = []
+    for j, k in enumerate(picked):
+        if res.fooled[j] and p_after[j] < ctx.tau:
+            path = f"{ctx.split}/attacked/{start + k:06d}_n.png"
+            write_png(ctx.out / path, small[j])
+            linf = float(np.abs(small[j].astype(np.int16) - clean[j]).max()) / 255
+            label = f"{job.label}+native{side / ctx.size:.2f}"
+            q = None if res.queries is None else int(res.queries[j])
+            rows.append(_row(recs[k], path, 1, ctx.split, label, float(p_fake[k]), p_after[j],
+                             linf, q))
+    return res, rows
 
 
 def _upload_rows(
