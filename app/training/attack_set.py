@@ -210,7 +210,9 @@ def _one_split(
         which = ctx.rng.permutation(len(caught)) % len(jobs)
         for j, job in enumerate(jobs):
             sel = caught[torch.from_numpy(np.flatnonzero(which == j))]
-            native = ctx.rng.random(len(sel)) < ctx.native_share
+            # drawn only when asked for: the default recipe keeps its random stream
+            native = (ctx.rng.random(len(sel)) < ctx.native_share if ctx.native_share > 0
+                      else np.zeros(len(sel), bool))
             if native.any():
                 res_n, part = _native_rows(ctx, recs, p_fake,
                                            sel[torch.from_numpy(native)].tolist(), start, job,
