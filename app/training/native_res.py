@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from app.redteam.geometry import quantize_st, resize_like_cv2
+from app.training.common import to_tensor
 
 NATIVE_SCALE = (1.2, 2.2)  # [lo, hi) of the attacked side relative to g's input
 
@@ -62,5 +63,4 @@ def native_overrides(attack: str, overrides: dict, side: int, size: int) -> dict
 
 def stack(images: Sequence[np.ndarray]) -> Tensor:
     """uint8 HxWx3 crops → [N,3,H,W] float in [0,1]."""
-    return torch.stack([torch.from_numpy(np.ascontiguousarray(i.transpose(2, 0, 1))).float()
-                        / 255.0 for i in images])
+    return torch.stack([to_tensor(i) for i in images])
