@@ -1,8 +1,9 @@
-"""Fixtures shared across suites: the bundled Analyzer (live-service suites) and a module-wide
-one-thread torch setting."""
+"""Fixtures shared across suites: the bundled Analyzer (live-service suites), a module-wide
+one-thread torch setting, and a check that no test leaves the process in real-time scheduling."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -25,3 +26,13 @@ def torch_one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _scheduling_unchanged() -> Iterator[None]:
+    """A test must not leave the main thread's scheduling policy changed (SVT-AV1 does, as
+    root): threads and servers started later inherit it and can starve each other."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    yield
+    after = os.sched_getscheduler(0), os.sched_getparam(0)
+    assert after == before, f"scheduling policy changed from {before} to {after}"

@@ -7,10 +7,12 @@ uint8 RGB arrays throughout. Import as ``from tests.mediagen import write_video`
 from __future__ import annotations
 
 import math
+import os
 import struct
 import wave
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -73,9 +75,26 @@ def _write_cv2(path: Path, frames: Iterable[np.ndarray], fps: float, fourcc: str
     return path
 
 
+@contextmanager
+def scheduling_kept() -> Iterator[None]:
+    """Restore the calling thread's CPU scheduling policy on exit.
+
+    SVT-AV1 (``libsvtav1``), when run as root, switches the thread that opens the encoder to
+    SCHED_FIFO priority 99 and leaves it so. Every thread and process started afterwards
+    inherits that, and a busy-waiting worker thread at that priority never yields its core:
+    on a 2-core machine the suite hung with a redis-server child that was never scheduled.
+    """
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
 def _write_av(path, frames, fps, codec, muxer, pts, time_base, rotation, gop=None) -> Path:
     tb = time_base or Fraction(1, 1000)
-    with av.open(str(path), mode="w", **muxer) as out:
+    with scheduling_kept(), av.open(str(path), mode="w", **muxer) as out:
         stream = None
         for i, rgb in enumerate(frames):
             if stream is None:
