@@ -61,7 +61,8 @@ def prepare(
 def demo_data(
     out: Annotated[Path, typer.Argument(help="demo corpus folder")] = Path("runs/demo-data"),
     media_dir: Annotated[Path, typer.Option(help="real media to draw faces from")] = DEFAULT_MEDIA,
-    crop_size: Annotated[int, typer.Option(min=32)] = 224,
+    crop_size: Annotated[int, typer.Option(
+        min=32, help="crop side in px; the bundled g was trained on 128 (demo preset)")] = 224,
     per_identity: Annotated[int, typer.Option(min=1)] = 16,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option()] = False,
