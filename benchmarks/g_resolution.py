@@ -20,22 +20,10 @@ import cv2
 import numpy as np
 import torch
 
-from app.training.common import load_trained, read_rgb, to_tensor
-from app.training.data import read_index
+from app.training.common import load_trained
+from app.training.realworld import held_out_reals, p_fake
 
 Image = np.ndarray
-
-
-def test_reals(root: Path) -> list[Image]:
-    return [read_rgb(root / r["path"]) for r in read_index(root)
-            if r["split"] == "test" and int(r["label"]) == 0]
-
-
-def p_fake(g: torch.nn.Module, imgs: list[Image], size: int) -> np.ndarray:
-    x = torch.stack([to_tensor(i) for i in imgs])
-    assert x.shape[-1] == size, "crops must already be at g's input size"
-    with torch.no_grad():
-        return torch.cat([g(x[i:i + 64]).softmax(1)[:, 1] for i in range(0, len(x), 64)]).numpy()
 
 
 def _jpeg(q: int) -> Callable[[Image], Image]:
@@ -83,8 +71,12 @@ def main() -> None:
     g, rec = load_trained(Path(args.detector))
     tau, size = float(rec["thresholds"]["tau_fake"]), int(g.input_size)
     print(f"g = {args.detector}, tau_fake {tau:.3f}")
-    for name, imgs in rows(test_reals(args.native), test_reals(args.large), size).items():
-        p = p_fake(g, imgs, size)
+    native = held_out_reals(args.native)
+    if native and native[0].shape[0] != size:
+        raise SystemExit(f"{args.native} holds {native[0].shape[0]} px crops; g's input is {size}")
+    for name, imgs in rows(native, held_out_reals(args.large), size).items():
+        with torch.no_grad():
+            p = p_fake(g, imgs, batch=64)
         print(f"{name:40s} n={len(p)}  called fake {np.mean(p >= tau):6.1%}  mean p {p.mean():.3f}")
 
 
