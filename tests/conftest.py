@@ -3,7 +3,6 @@ one-thread torch setting, and a check that no test leaves the process in real-ti
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from app.config import Settings
 from app.pipeline.analyze import Analyzer
+from tests.mediagen import scheduling
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def torch_one_thread() -> Iterator[None]:
 def _scheduling_unchanged() -> Iterator[None]:
     """A test must not leave the main thread's scheduling policy changed (SVT-AV1 does, as
     root): threads and servers started later inherit it and can starve each other."""
-    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    before = scheduling()
     yield
-    after = os.sched_getscheduler(0), os.sched_getparam(0)
+    after = scheduling()
     assert after == before, f"scheduling policy changed from {before} to {after}"

@@ -75,6 +75,11 @@ def _write_cv2(path: Path, frames: Iterable[np.ndarray], fps: float, fourcc: str
     return path
 
 
+def scheduling() -> tuple[int, os.sched_param]:
+    """The calling thread's CPU scheduling policy and priority."""
+    return os.sched_getscheduler(0), os.sched_getparam(0)
+
+
 @contextmanager
 def scheduling_kept() -> Iterator[None]:
     """Restore the calling thread's CPU scheduling policy on exit.
@@ -84,12 +89,12 @@ def scheduling_kept() -> Iterator[None]:
     inherits that, and a busy-waiting worker thread at that priority never yields its core:
     on a 2-core machine the suite hung with a redis-server child that was never scheduled.
     """
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    before = scheduling()
     try:
         yield
     finally:
-        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
-            os.sched_setscheduler(0, policy, param)
+        if scheduling() != before:
+            os.sched_setscheduler(0, *before)
 
 
 def _write_av(path, frames, fps, codec, muxer, pts, time_base, rotation, gop=None) -> Path:
